@@ -1,0 +1,75 @@
+"""Shared mechanics of the attacks: model mode, grad mode and the two projections.
+
+Kept separate from the attacks so that every attack enforces the same contract in the same way:
+eval mode restored exactly afterwards, gradients taken w.r.t. the input only, results inside
+[0, 1] and the ε-ball.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode, then restore every submodule's own ``training`` flag.
+
+    Restoring per submodule (not ``model.train(was_training)``) keeps deliberate mixtures intact,
+    such as a frozen BatchNorm in eval mode inside a model that trains. Restored on exceptions too.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@contextmanager
+def attack_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode with autograd on, even inside a caller's ``no_grad``/``inference_mode`` block."""
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def per_sample_view(values: Tensor, like: Tensor) -> Tensor:
+    """Reshape ``(N,)`` to ``(N, 1, 1, ...)`` so it broadcasts against ``like``."""
+    return values.view(-1, *[1] * (like.dim() - 1))
+
+
+def l2_norms(t: Tensor) -> Tensor:
+    """Per-sample ℓ2 norms, shape ``(N,)``."""
+    return t.flatten(1).norm(p=2, dim=1)
+
+
+def project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Clip the perturbation to ``[-eps, eps]`` per pixel, then the image to ``[0, 1]``."""
+    delta = (x_adv - x).clamp(-eps, eps)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Shrink the perturbation onto the ℓ2 ball of radius ``eps``, then clip to ``[0, 1]``.
+
+    Clipping to the box after the ball never leaves the ball: since ``x`` lies in ``[0, 1]``,
+    clipping only moves coordinates of ``x + δ`` towards ``x``.
+    """
+    delta = x_adv - x
+    norms = l2_norms(delta)
+    scale = torch.where(norms > eps, eps / torch.where(norms > 0, norms, torch.ones_like(norms)),
+                        torch.ones_like(norms))
+    return (x + delta * per_sample_view(scale, delta)).clamp(0.0, 1.0)
+
+
+def project(x_adv: Tensor, x: Tensor, norm: str, eps: float) -> Tensor:
+    """Project onto the ``norm`` ball of radius ``eps`` around ``x`` intersected with ``[0, 1]``."""
+    if norm == "linf":
+        return project_linf(x_adv, x, eps)
+    if norm == "l2":
+        return project_l2(x_adv, x, eps)
+    raise ValueError(f"unknown norm '{norm}' (expected linf or l2)")

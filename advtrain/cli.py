@@ -1,0 +1,201 @@
+"""The ``advtrain`` command line: run, eval, select, validate, list.
+
+Every command validates its recipe before building anything; a :class:`UserError` becomes one
+red panel and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from advtrain.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Efficient adversarial training with adversarial coreset selection.")
+
+LIST_KINDS = ("models", "datasets", "objectives", "attacks", "selectors", "optimizers", "lr_schedules",
+              "recipes")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into a readable panel and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from advtrain.ui import console
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            console.print_error(err.title, str(err))
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print_error("interrupted", "stopped by the user; the last completed epoch's "
+                                "checkpoint is kept (continue with --resume).")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def validate(
+    recipe: str = typer.Argument(..., help="recipe .yaml path or shipped recipe name"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides"),
+) -> None:
+    """Validate a recipe (with overrides) and print it fully resolved, or every error at once."""
+    from advtrain.config.load import load_recipe
+    from advtrain.ui import console
+
+    resolved = load_recipe(recipe, overrides or [])
+    console.print_text(resolved.to_yaml())
+    console.info(f"[green]ok[/]: {resolved.source} is valid")
+
+
+@app.command()
+@user_errors
+def run(
+    recipe: str = typer.Argument(..., help="recipe .yaml path or shipped recipe name"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. schedule.epochs=5"),
+    resume: bool = typer.Option(False, "--resume", help="continue from output.dir/last.safetensors"),
+    resume_from: Path | None = typer.Option(None, "--resume-from", help="continue from this checkpoint"),
+    force: bool = typer.Option(False, "--force", help="resume even if the recipe differs"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start over in an output.dir that holds a run"),
+    device: str | None = typer.Option(None, "--device", help="override the recipe's device"),
+) -> None:
+    """Train with a recipe: adversarial training, optionally on adversarial coresets."""
+    from advtrain.config.load import load_recipe
+    from advtrain.train.loop import Trainer
+    from advtrain.train.report import write_run_report
+    from advtrain.ui import console
+
+    resolved = load_recipe(recipe, overrides or [])
+    trainer = Trainer(resolved, console.ProgressReporter(), device=device)
+    checkpoint = resume_from
+    if resume and checkpoint is None:
+        checkpoint = Path(resolved.output.dir) / "last.safetensors"
+        if not checkpoint.exists():
+            raise UserError(f"--resume: no checkpoint at '{checkpoint}' (output.dir of this recipe); "
+                            f"run without --resume to start, or give --resume-from PATH.")
+    console.info(f"advtrain run [bold]{resolved.name}[/] on {trainer.device} "
+                 f"({'fp32' if trainer.amp_dtype is None else str(trainer.amp_dtype).replace('torch.', '')}) "
+                 f"→ {trainer.out_dir}")
+    result = trainer.fit(resume=checkpoint, force=force, overwrite=overwrite)
+    report = write_run_report(trainer, result)
+    rows = [("clean", f"{report['final_val'].get('clean', float('nan')):.2%}")]
+    rows += [(k, f"{v:.2%}") for k, v in report["final_val"].items() if k != "clean"]
+    console.print_table(f"final validation ({resolved.eval.split})", ["metric", "accuracy"], rows)
+    if report.get("test"):
+        test = report["test"]
+        trows = [("clean", f"{test['clean_acc']:.2%}")] + [(k, f"{v:.2%}") for k, v in test["robust_acc"].items()]
+        console.print_table(f"test (first {test['n_examples']} examples, last model)", ["attack", "accuracy"],
+                            trows)
+    console.info(f"done in {result.wall_seconds:.1f}s; outputs in {result.out_dir}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    checkpoint: Path | None = typer.Argument(None, help="checkpoint (default: newest runs/*/best.safetensors)"),
+    attack: list[str] | None = typer.Option(None, "--attack", "-a", help="attack name, repeatable; "
+                                               "comma lists allowed (clean,fgsm,pgd50,cw50,aa)"),
+    n_examples: int = typer.Option(1000, "--n-examples", min=1, help="first N examples of the split"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    eps: str | None = typer.Option(None, "--eps", help="override ε, e.g. 4/255"),
+    alpha: str | None = typer.Option(None, "--alpha", help="override the step size, e.g. 1/255"),
+    steps: int | None = typer.Option(None, "--steps", min=1),
+    restarts: int | None = typer.Option(None, "--restarts", min=1),
+    eps_sweep: str | None = typer.Option(None, "--eps-sweep", help="comma list of ε, e.g. 0,2/255,4/255,8/255"),
+    split: str = typer.Option("test", "--split", help="test or val"),
+    data: list[str] | None = typer.Option(None, "--data", help="data.* override, e.g. --data path=c10.npz"),
+    out: Path | None = typer.Option(None, "--out", help="report folder (default: <run>/eval)"),
+    device: str | None = typer.Option(None, "--device"),
+    seed: int = typer.Option(0, "--seed", help="seed for random starts"),
+) -> None:
+    """Evaluate a checkpoint under standard attacks; write eval/report.{json,md} and a plot."""
+    from advtrain.eval.command import run_eval
+
+    names = [n.strip() for a in (attack or ["clean", "pgd20"]) for n in a.split(",") if n.strip()]
+    run_eval(checkpoint, names, n_examples=n_examples, batch_size=batch_size, eps=eps, alpha=alpha,
+             steps=steps, restarts=restarts, eps_sweep=eps_sweep, split=split, data_overrides=data or [],
+             out=out, device=device, seed=seed)
+
+
+@app.command()
+@user_errors
+def select(
+    recipe: str = typer.Argument(..., help="recipe .yaml path or shipped recipe name"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="model to score (default: fresh)"),
+    dump_indices: bool = typer.Option(False, "--dump-indices", help="write indices/weights to --out"),
+    out: Path = typer.Option(Path("coreset.npz"), "--out", help="output .npz"),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
+    """Run one adversarial coreset selection and (with --dump-indices) write it to a .npz."""
+    from advtrain.selection.command import run_select
+
+    if not dump_indices:
+        raise UserError("nothing to do: pass --dump-indices (and optionally --out FILE.npz) to write the "
+                        "selected indices and weights.")
+    run_select(recipe, overrides or [], checkpoint=checkpoint, out=out, device=device)
+
+
+@app.command("list")
+@user_errors
+def list_cmd(kind: str = typer.Argument(..., help=" | ".join(LIST_KINDS))) -> None:
+    """List registered components with their parameters and defaults."""
+    from advtrain.config.params import describe_fields
+    from advtrain.errors import did_you_mean
+    from advtrain.ui import console
+
+    kind = kind.lower().replace("-", "_")
+    aliases = {"schedules": "lr_schedules", "optim": "optimizers"}
+    kind = aliases.get(kind, kind)
+    if kind not in LIST_KINDS:
+        raise UserError(f"unknown kind '{kind}'{did_you_mean(kind, LIST_KINDS)} (choices: {', '.join(LIST_KINDS)})")
+    if kind == "recipes":
+        from advtrain.config.load import recipes_dir
+
+        rows = []
+        for path in sorted(recipes_dir().glob("*.yaml")):
+            first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+            rows.append((path.stem, first))
+        console.print_table("recipes", ["name", "what it reproduces"], rows)
+        return
+    if kind == "attacks":
+        from advtrain.attacks import ATTACKS
+        from advtrain.attacks.presets import list_eval_presets
+
+        _print_registry("training attacks (attack.name)", ATTACKS, describe_fields)
+        console.print_table("evaluation attacks (eval.attacks, advtrain eval --attack)", ["name", "what"],
+                            list_eval_presets())
+        return
+    from advtrain.config.load import section_registry
+
+    section = {"models": "model", "datasets": "data", "objectives": "objective", "selectors": "selector",
+               "optimizers": "optim", "lr_schedules": "lr_schedule"}[kind]
+    _print_registry(kind, section_registry(section), describe_fields)
+    if kind == "models":
+        console.info("Any timm model name also works (e.g. model.name=resnet50); CIFAR-style models are "
+                     "registered into timm by advtrain.")
+
+
+def _print_registry(title: str, registry: Any, describe: Callable[[Any], list]) -> None:
+    from advtrain.ui import console
+
+    rows = []
+    for entry in registry.entries():
+        fields = describe(entry.params)
+        params = ", ".join(f"{name}={default}" for name, default, _ in fields) or "-"
+        rows.append((entry.name, entry.summary, params))
+    console.print_table(title, ["name", "what", "params (defaults)"], rows)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,100 @@
+"""Helpers for declaring component parameters as dataclass fields.
+
+A component's parameters are a plain dataclass; :func:`param` attaches the help text and the
+range rules that the recipe validator checks (``ge``/``gt``/``le``/``lt``/``choices``), so the
+rules live next to the default they constrain and ``advtrain list`` can print them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any
+
+_FRACTION = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\s*/\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\s*$")
+_NUMBER = re.compile(r"^\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*$")
+
+
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str = "",  # noqa: A002 - mirrors argparse's name
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+) -> Any:
+    """A dataclass field with help text and validation rules in its metadata.
+
+    Mutable defaults (lists, dicts) are wrapped in a ``default_factory`` automatically.
+    """
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class FractionError(ValueError):
+    """A string that looks like ``a/b`` but cannot be a number (e.g. ``8/0``)."""
+
+
+def parse_number(value: Any) -> Any:
+    """Turn ``"8/255"``, ``"5e-4"`` or ``"0.5"`` into a float without ``eval``.
+
+    Non-strings and strings that are not numbers come back unchanged, so the type check that
+    follows can report them. ``"8/0"`` raises :class:`FractionError`.
+    """
+    if not isinstance(value, str):
+        return value
+    match = _FRACTION.match(value)
+    if match:
+        numerator, denominator = float(match.group(1)), float(match.group(2))
+        if denominator == 0:
+            raise FractionError(f"'{value}' divides by zero")
+        return numerator / denominator
+    if _NUMBER.match(value):
+        return float(value)
+    return value
+
+
+def check_range(value: Any, field: dataclasses.Field) -> str | None:
+    """Return a description of the violated rule of ``field`` for ``value``, or None."""
+    meta = field.metadata
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        return f"must be one of {', '.join(map(str, choices))}, got '{value}'"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    tests = {"ge": (lambda b: value >= b, ">="), "gt": (lambda b: value > b, ">"),
+             "le": (lambda b: value <= b, "<="), "lt": (lambda b: value < b, "<")}
+    for key, (holds, symbol) in tests.items():
+        bound = meta.get(key)
+        if bound is not None and not holds(bound):
+            return f"must be {symbol} {bound}, got {value}"
+    return None
+
+
+def describe_fields(params: type | None) -> list[tuple[str, str, str]]:
+    """(name, default, help with rules) for each field of a params dataclass, for ``list``."""
+    if params is None:
+        return []
+    rows = []
+    for f in dataclasses.fields(params):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = repr(f.default_factory())  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rules = [f"{sym} {f.metadata[k]}" for k, sym in
+                 (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if f.metadata.get(k) is not None]
+        if f.metadata.get("choices"):
+            rules.append("one of " + "|".join(map(str, f.metadata["choices"])))
+        text = f.metadata.get("help", "")
+        if rules:
+            text = f"{text} [{', '.join(rules)}]".strip()
+        rows.append((f.name, default, text))
+    return rows

@@ -1,0 +1,88 @@
+"""The recipe schema: fixed sections as dataclasses, component sections as ``{name, params...}``.
+
+Component sections (``data``, ``model``, ``objective``, ``attack``, ``selector``, ``optim``,
+``lr_schedule``) name a registered component; their other keys are that component's params and
+are checked against the component's own params dataclass (phase 2 of validation). The fixed
+sections below are checked directly (phase 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from advtrain.config.params import param
+
+#: Component sections and the default component used when a recipe omits the section.
+COMPONENT_SECTIONS: dict[str, str | None] = {
+    "data": None,
+    "model": None,
+    "objective": "adversarial",
+    "attack": None,
+    "selector": "full",
+    "optim": "sgd",
+    "lr_schedule": "constant",
+}
+
+
+@dataclass
+class ScheduleConfig:
+    """When to train on the full data and when to (re)select a coreset (paper Sec. 3.3)."""
+
+    epochs: int = param(10, ge=1, help="total training epochs")
+    warm_start_epochs: int = param(0, ge=0, help="full-data epochs before the first selection")
+    select_every: int = param(20, ge=1, help="re-select the coreset every T epochs")
+    skip_epochs: int = param(
+        0, ge=0,
+        help="reference-code variant: epochs skipped (no training, lr schedule advances) between "
+             "the warm start and the first selection",
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Loop-level knobs that are not components."""
+
+    max_steps_per_epoch: int | None = param(None, gt=0, help="cap batches per epoch (smoke tests)")
+    grad_clip_value: float | None = param(None, gt=0, help="clip gradient values (PAT uses 1.0)")
+    compile: bool = param(False, help="wrap the model in torch.compile (CUDA)")
+    log_every: int = param(10, ge=1, help="refresh the progress line every N batches")
+
+
+@dataclass
+class EvalConfig:
+    """Robust validation during training."""
+
+    attacks: list[str] = param(["pgd20"], help="eval attack names (see `advtrain list attacks`)")
+    every: int = param(5, ge=0, help="validate every N epochs (0: only after the last epoch)")
+    n_examples: int = param(1000, ge=1, help="held-out examples used for validation")
+    split: str = param("val", choices=("val", "test"), help="held-out split used during training")
+    batch_size: int | None = param(None, gt=0, help="eval batch size (default: data.batch_size)")
+    eps: float | None = param(None, ge=0, help="ε for every eval attack (default: each preset's)")
+    alpha: float | None = param(None, gt=0, help="step size for every eval attack (default: preset's)")
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes its files."""
+
+    dir: str = param("runs/${name}", help="output folder")
+    keep_every: int = param(0, ge=0, help="also keep epoch_XXX.safetensors every N epochs (0: never)")
+
+
+@dataclass
+class RecipeTop:
+    """Top-level scalar keys."""
+
+    name: str = param("run", help="run name (used in the default output dir)")
+    seed: int = param(0, ge=0, help="seeds torch, numpy and python")
+    device: str = param("auto", help="auto | cpu | cuda | cuda:N | mps")
+    precision: str = param("auto", choices=("auto", "fp32", "bf16", "fp16"),
+                           help="auto = bf16 on CUDA, fp32 elsewhere")
+
+
+FIXED_SECTIONS: dict[str, type] = {
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "output": OutputConfig,
+}

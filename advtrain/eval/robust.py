@@ -1,0 +1,113 @@
+"""Clean and robust accuracy on a held-out split, per attack, per class and in union.
+
+Evaluation is always fp32 with the model in eval mode: reported numbers must not depend on the
+training precision. An example counts as robust to an attack only if it is classified correctly
+both clean and at the attack's point (the AutoAttack/RobustBench convention), and as robust "in
+union" only if it survives every attack.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class AttackResult:
+    """Accuracy under one attack."""
+
+    name: str
+    description: str
+    robust_acc: float
+    per_class: list[float]
+    seconds: float
+    correct: Tensor = field(repr=False)
+
+
+@dataclass
+class EvalResult:
+    """Everything one evaluation measured."""
+
+    n_examples: int
+    clean_acc: float
+    per_class_clean: list[float]
+    attacks: list[AttackResult]
+    union_acc: float | None
+    seconds: float
+
+    def summary(self) -> dict[str, float]:
+        """``{"clean": acc, "<attack>": acc, ...}`` for metrics and progress lines."""
+        out = {"clean": self.clean_acc}
+        out.update({a.name: a.robust_acc for a in self.attacks if a.name != "clean"})
+        return out
+
+
+def _per_class(correct: Tensor, labels: Tensor, num_classes: int) -> list[float]:
+    out = []
+    for c in range(num_classes):
+        mask = labels == c
+        out.append(float(correct[mask].float().mean()) if mask.any() else float("nan"))
+    return out
+
+
+def evaluate(
+    model: nn.Module,
+    source: Any,
+    attacks: list[Any],
+    *,
+    n_examples: int,
+    batch_size: int,
+    device: torch.device,
+    num_classes: int,
+) -> EvalResult:
+    """Evaluate ``model`` on the first ``n_examples`` of ``source`` under each attack."""
+    from advtrain.data import iterate_batches
+
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    n = min(n_examples, len(source))
+    indices = torch.arange(n)
+    labels = source.labels[:n].clone()
+    clean_correct = torch.zeros(n, dtype=torch.bool)
+    adv_correct = {a.name: torch.zeros(n, dtype=torch.bool) for a in attacks if a.name != "clean"}
+    seconds = {a.name: 0.0 for a in attacks}
+    try:
+        offset = 0
+        for x, y, _ in iterate_batches(source, indices, batch_size, shuffle=False, generator=None,
+                                       augment="none", device=device):
+            rows = slice(offset, offset + len(y))
+            offset += len(y)
+            with torch.no_grad():
+                clean_correct[rows] = (model(x).argmax(1) == y).cpu()
+            for attack in attacks:
+                if attack.name == "clean":
+                    continue
+                t0 = time.perf_counter()
+                x_adv = attack.run(model, x, y)
+                with torch.no_grad():
+                    adv_correct[attack.name][rows] = (model(x_adv).argmax(1) == y).cpu()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds[attack.name] += time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+    results = []
+    for attack in attacks:
+        correct = clean_correct if attack.name == "clean" else clean_correct & adv_correct[attack.name]
+        results.append(AttackResult(attack.name, attack.describe(), float(correct.float().mean()) if n else 0.0,
+                                    _per_class(correct, labels, num_classes), seconds[attack.name], correct))
+    robust = [r.correct for r in results if r.name != "clean"]
+    union = None
+    if robust:
+        all_ok = clean_correct.clone()
+        for c in robust:
+            all_ok &= c
+        union = float(all_ok.float().mean()) if n else 0.0
+    return EvalResult(n, float(clean_correct.float().mean()) if n else 0.0,
+                      _per_class(clean_correct, labels, num_classes), results, union,
+                      time.perf_counter() - start)

@@ -1,0 +1,109 @@
+"""Models: our small-image architectures in timm's registry, plus any timm model by name.
+
+``build_model`` returns a :class:`Classifier` (normalisation + timm network). ``MODELS`` lists
+the architectures advtrain adds; every other ``timm.list_models()`` name works too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+from torch import nn
+
+from advtrain.config.params import param
+from advtrain.errors import UserError, did_you_mean
+from advtrain.models import cifar
+from advtrain.models.classifier import Classifier, Normalize
+from advtrain.registry import Registry
+
+__all__ = ["MODELS", "Classifier", "ModelParams", "Normalize", "build_model", "is_known_model"]
+
+
+@dataclass
+class ModelParams:
+    """Parameters of the ``model`` section (shared by every model name)."""
+
+    name: str = param(help="a registered model (advtrain list models) or any timm model name")
+    num_classes: int | None = param(None, gt=0, help="classes of the last layer; null = the dataset's")
+    pretrained: bool = param(False, help="load timm's pretrained weights (downloads once into the HF cache)")
+    kwargs: dict = param({}, help="extra keyword arguments for timm.create_model, e.g. {drop_rate: 0.1}")
+
+
+MODELS = Registry("model")
+
+
+def _builder(name: str) -> Callable[..., Classifier]:
+    def build(*, num_classes: int, in_chans: int, mean: tuple, std: tuple, pretrained: bool = False,
+              **kwargs: Any) -> Classifier:
+        return build_model(name, num_classes=num_classes, in_chans=in_chans, mean=mean, std=std,
+                           pretrained=pretrained, **kwargs)
+
+    build.__doc__ = cifar.SUMMARIES[name]
+    return build
+
+
+for _name in cifar.NAMES:
+    MODELS.add(_name, _builder(_name), ModelParams)
+
+
+def is_known_model(name: str) -> bool:
+    """True for our names and for any architecture (or ``arch.tag``) timm knows."""
+    return name in MODELS or timm.is_model(name)
+
+
+def _unknown_model_message(name: str) -> str:
+    hint = did_you_mean(name, MODELS.names()) or did_you_mean(name, timm.list_models())
+    return (f"unknown model '{name}'{hint} (advtrain's: {', '.join(MODELS.names())}; any timm model name "
+            "also works, see timm.list_models())")
+
+
+def build_model(name: str, *, num_classes: int, in_chans: int, mean: tuple, std: tuple,
+                pretrained: bool = False, **kwargs: Any) -> Classifier:
+    """Build ``name`` with timm and wrap it with the dataset's normalisation.
+
+    Args:
+        name: One of ``MODELS`` or any timm model name.
+        num_classes: Size of the last layer.
+        in_chans: Input channels (the dataset's; timm adapts pretrained stems).
+        mean: Per-channel mean used to normalise inputs in [0,1].
+        std: Per-channel standard deviation.
+        pretrained: Load timm's pretrained weights. A failed download is an error, never a silent
+            fallback to random weights.
+        **kwargs: Extra ``timm.create_model`` arguments (``drop_rate``, ...).
+
+    Raises:
+        UserError: Unknown name, wrong mean/std length, unsupported kwargs, missing weights, or a
+            network whose last layer is not an ``nn.Linear``.
+    """
+    if not is_known_model(name):
+        raise UserError(_unknown_model_message(name))
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise UserError(f"model '{name}': the data has {in_chans} channel(s) but mean/std have "
+                        f"{len(mean)}/{len(std)} values")
+    if pretrained and name not in MODELS and not timm.models.is_model_pretrained(name):
+        raise UserError(f"timm has no pretrained weights for '{name}'; set model.pretrained=false or pick a "
+                        "name from timm.list_models(pretrained=True)")
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
+                                **kwargs)
+    except UserError:
+        raise
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise UserError(f"model '{name}' rejects one of model.kwargs {sorted(kwargs)}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - any download/cache failure of the weights
+        if not pretrained:
+            raise
+        raise UserError(f"could not load pretrained weights for '{name}' ({type(err).__name__}: {err}). timm "
+                        "fetches them from the Hugging Face Hub into its cache (~/.cache/huggingface); run "
+                        "once with network access or copy that cache here, or set model.pretrained=false "
+                        "to train from scratch") from err
+    head = net.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise UserError(f"model '{name}' ends in {type(head).__name__}, not a single nn.Linear; "
+                        "advtrain's coreset selection needs a linear last layer — pick another model")
+    return Classifier(net, mean, std, model_name=name)

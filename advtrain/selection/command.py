@@ -1,0 +1,62 @@
+"""``advtrain select --dump-indices``: one selection on a given (or fresh) model, written to .npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from advtrain.config.load import load_recipe
+from advtrain.io import checkpoint as ckpt_io
+from advtrain.selection.coreset import select_coreset
+from advtrain.train import setup as build
+from advtrain.train.device import pick_device, resolve_precision, seed_everything
+
+
+def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | None, out: Path,
+               device: str | None) -> dict:
+    """Select once with the recipe's objective/attack/selector and write indices and weights."""
+    from advtrain.ui import console
+
+    recipe = load_recipe(recipe_path, overrides)
+    dev = pick_device(device or recipe.device)
+    seed_everything(recipe.seed)
+    data = build.build_data(recipe)
+    model = build.build_model_for(recipe, data)
+    epoch = 0
+    if checkpoint is not None:
+        ckpt = ckpt_io.load(checkpoint)
+        ckpt_io.check_model_matches(ckpt, model.model_name, data.num_classes)
+        try:
+            model.load_state_dict(ckpt.section("model"))
+        except RuntimeError as err:
+            raise ckpt_io.CheckpointError(f"checkpoint '{checkpoint}' does not fit the model: "
+                                          f"{str(err).splitlines()[0]}") from None
+        epoch = int(ckpt.meta.get("epoch", 0))
+    model = model.to(dev)
+    selector = recipe.components["selector"]
+    result = select_coreset(model, build.build_objective(recipe), selector, data, seed=recipe.seed,
+                            epoch=epoch, device=dev, amp_dtype=resolve_precision(recipe.precision, dev))
+    hist = torch.bincount(result.labels[result.indices], minlength=data.num_classes).numpy()
+    full_hist = torch.bincount(result.labels, minlength=data.num_classes).numpy()
+    arrays = {
+        "indices": result.indices.numpy(), "weights": result.weights.numpy(),
+        "labels": result.labels[result.indices].numpy(), "label_histogram": hist,
+        "train_label_histogram": full_hist, "n_train": np.array(len(data.train)),
+        "epoch": np.array(epoch), "selector": np.array(selector.name),
+        **{k: np.array(v) for k, v in result.timing().items()},
+    }
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    ckpt_io.write_atomically(out, write)
+    console.print_table(
+        f"{selector.name} selection on {recipe.components['data'].name} ({len(data.train)} samples)",
+        ["selected", "weight sum", "attack", "features", "solver", "per-class counts"],
+        [(len(result.indices), f"{float(result.weights.sum()):.1f}", f"{result.attack_s:.2f}s",
+          f"{result.features_s:.2f}s", f"{result.solver_s:.3f}s", " ".join(map(str, hist.tolist())))])
+    console.info(f"wrote {out}")
+    return arrays

@@ -1,0 +1,76 @@
+"""Adversarial gradient features over the whole training set (paper Sec. 3.2, Danskin).
+
+One sequential pass over the training set, without augmentation, so row ``i`` of the features is
+training sample ``i`` and the point the attack built for it (the reference code scores rows from a
+shuffled loader and maps them back as if ordered; we never reorder). The model is in eval mode
+for the whole pass: the attack must not see batch statistics of other samples, and BatchNorm
+running statistics must not move.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.train.device import autocast
+
+
+@dataclass
+class FeatureTiming:
+    """Seconds spent building adversarial points and last-layer gradients."""
+
+    attack_s: float = 0.0
+    features_s: float = 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gradient_features(
+    model: nn.Module,
+    objective: Any,
+    source: Any,
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    bias_only: bool = False,
+    indices: Tensor | None = None,
+) -> tuple[Tensor, Tensor, FeatureTiming]:
+    """Per-sample last-layer gradients at the objective's adversarial points.
+
+    Returns ``(features (n, D) on device, labels (n,), timing)`` with rows in the order of
+    ``indices`` (default: every sample of ``source``).
+    """
+    from advtrain.data import iterate_batches
+
+    indices = torch.arange(len(source)) if indices is None else indices
+    timing = FeatureTiming()
+    rows: list[Tensor] = []
+    labels: list[Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y, _ in iterate_batches(source, indices, batch_size, shuffle=False, generator=None,
+                                       augment="none", device=device):
+            t0 = time.perf_counter()
+            with autocast(device, amp_dtype):
+                points = objective.selection_points(model, x, y)
+            _sync(device)
+            t1 = time.perf_counter()
+            with autocast(device, amp_dtype):
+                feats = objective.selection_features(model, x, y, points, bias_only=bias_only)
+            rows.append(feats.float())
+            labels.append(y)
+            _sync(device)
+            timing.attack_s += t1 - t0
+            timing.features_s += time.perf_counter() - t1
+    finally:
+        model.train(was_training)
+    return torch.cat(rows), torch.cat(labels), timing

@@ -1,0 +1,80 @@
+"""Device, precision and seeding helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from advtrain.errors import UserError
+
+
+def pick_device(spec: str) -> torch.device:
+    """``auto`` → CUDA when present, then MPS, else CPU; explicit names are checked."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"device '{spec}' is not a device name; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{spec}' was asked for but CUDA is not available here; use "
+                            f"device=cpu (or auto).")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device '{spec}': only {torch.cuda.device_count()} CUDA device(s) exist.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"device '{spec}' was asked for but MPS is not available here; use device=cpu.")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training (None = fp32). ``auto`` is bf16 on CUDA only."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type != "cuda":
+        raise UserError("precision=fp16 needs CUDA (it uses a gradient scaler); use bf16 or fp32.")
+    return torch.float16
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Mixed precision when ``dtype`` is set, a no-op otherwise."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A stable 63-bit seed from the run seed and a purpose (e.g. ``("epoch", 3)``)."""
+    text = ":".join(map(str, (seed, *parts))).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded with ``seed`` (explicit randomness, never the global one)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen

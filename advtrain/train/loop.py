@@ -1,0 +1,366 @@
+"""The training loop: setup → for epoch: maybe select → train → evaluate → save.
+
+Randomness is re-derived from ``(seed, epoch)`` at the start of every epoch (global RNGs for
+attack starts and dropout, an explicit generator for data order and augmentation). Resuming from
+the end of epoch ``e`` therefore replays epoch ``e+1`` exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from advtrain.config.load import Recipe
+from advtrain.errors import CheckpointError, DivergenceError, UserError
+from advtrain.eval.robust import EvalResult, evaluate
+from advtrain.io import checkpoint as ckpt_io
+from advtrain.objectives import weighted_mean
+from advtrain.train import setup as build
+from advtrain.train.device import (
+    autocast,
+    derive_seed,
+    generator,
+    pick_device,
+    resolve_precision,
+    seed_everything,
+)
+from advtrain.ui.console import Reporter
+
+#: Recipe keys that may change between a checkpoint and a resumed run.
+RESUMABLE_KEYS = ("name", "device", "output", "eval")
+
+
+@dataclass
+class Coreset:
+    """The current weighted subset: sample indices into the training split and their weights."""
+
+    indices: Tensor
+    weights: Tensor
+    epoch: int
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports back to the CLI."""
+
+    out_dir: Path
+    epochs_run: int
+    wall_seconds: float
+    final_val: dict[str, float]
+    test: EvalResult | None
+    best_metric: float | None
+    best_epoch: int | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def epoch_phase(schedule: Any, epoch: int, selector_name: str) -> str:
+    """``full`` (warm start or selector=full), ``skip`` (reference variant) or ``coreset``."""
+    if selector_name == "full" or epoch < schedule.warm_start_epochs:
+        return "full"
+    if epoch < schedule.warm_start_epochs + schedule.skip_epochs:
+        return "skip"
+    return "coreset"
+
+
+def selection_due(schedule: Any, epoch: int, coreset: Coreset | None) -> bool:
+    """Select at the first coreset epoch and every ``select_every`` epochs after it."""
+    first = schedule.warm_start_epochs + schedule.skip_epochs
+    return coreset is None or (epoch - first) % schedule.select_every == 0
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Key paths whose values differ between two resolved recipes (ignoring RESUMABLE_KEYS)."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if not prefix and key in RESUMABLE_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs.extend(recipe_differences(a, b, path + "."))
+        elif a != b:
+            diffs.append(f"{path}: checkpoint {a!r} vs recipe {b!r}")
+    return diffs
+
+
+def _check_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"output.dir '{out_dir}' is not writable ({err.strerror or err}); choose "
+                        f"another folder, e.g. output.dir=runs/mine.") from None
+    if not resuming and not overwrite and (out_dir / "last.safetensors").exists():
+        raise UserError(f"output.dir '{out_dir}' already holds a run (last.safetensors). Continue it "
+                        f"with --resume, pass --overwrite to start over, or choose another output.dir.")
+
+
+class Trainer:
+    """Holds the built components of one run; :meth:`fit` is the readable loop."""
+
+    def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None) -> None:
+        self.recipe = recipe
+        self.reporter = reporter
+        self.device = pick_device(device or recipe.device)
+        self.amp_dtype = resolve_precision(recipe.precision, self.device)
+        seed_everything(recipe.seed)
+        self.data = build.build_data(recipe)
+        self.model = build.build_model_for(recipe, self.data).to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        self.train_model: nn.Module = torch.compile(self.model) if recipe.train.compile else self.model
+        self.objective = build.build_objective(recipe)
+        self.optimizer = build.build_optimizer(recipe, self.model)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.lr_factor = build.build_lr_schedule(recipe)
+        self.eval_attacks = build.build_eval_attacks(recipe.eval.attacks, eps=recipe.eval.eps,
+                                                      alpha=recipe.eval.alpha)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.out_dir = Path(recipe.output.dir)
+        self.epoch = 0
+        self.step = 0
+        self.coreset: Coreset | None = None
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.metrics: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- state
+    def state(self) -> ckpt_io.TrainingState:
+        return ckpt_io.TrainingState(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), epoch=self.epoch,
+            step=self.step, recipe_yaml=self.recipe.to_yaml(), model_name=self.model.model_name,
+            num_classes=self.data.num_classes, in_chans=self.data.image_shape[0],
+            best_metric=self.best_metric, best_epoch=self.best_epoch,
+            coreset_indices=None if self.coreset is None else self.coreset.indices,
+            coreset_weights=None if self.coreset is None else self.coreset.weights,
+            coreset_epoch=None if self.coreset is None else self.coreset.epoch,
+            scaler=None if self.scaler is None else self.scaler.state_dict(),
+        )
+
+    def load(self, path: Path, *, force: bool) -> None:
+        """Continue from a checkpoint of this same recipe (model, optimizer, coreset, epoch)."""
+        ckpt = ckpt_io.load(path)
+        ckpt_io.check_model_matches(ckpt, self.model.model_name, self.data.num_classes)
+        old = yaml.safe_load(ckpt.recipe_yaml) or {}
+        diffs = recipe_differences(old, self.recipe.resolved)
+        if diffs and not force:
+            raise CheckpointError(
+                f"the recipe differs from the one checkpoint '{path}' was trained with:\n  "
+                + "\n  ".join(diffs) + "\nResume with the same recipe, or pass --force to continue anyway.")
+        try:
+            self.model.load_state_dict(ckpt.section("model"))
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint '{path}' does not fit the model: "
+                                  f"{str(err).splitlines()[0]}") from None
+        optim_state = ckpt_io.optimizer_state(ckpt)
+        if optim_state is not None:
+            self.optimizer.load_state_dict(optim_state)
+        if self.scaler is not None and ckpt.meta.get("scaler"):
+            self.scaler.load_state_dict(ckpt.meta["scaler"])
+        meta = ckpt.meta
+        self.epoch = int(meta["epoch"]) + 1
+        self.step = int(meta["step"])
+        self.best_metric, self.best_epoch = meta.get("best_metric"), meta.get("best_epoch")
+        if "coreset.indices" in ckpt.tensors:
+            self.coreset = Coreset(ckpt.tensors["coreset.indices"], ckpt.tensors["coreset.weights"],
+                                   int(meta["coreset_epoch"]))
+        metrics_path = self.out_dir / "metrics.jsonl"
+        if metrics_path.exists():  # drop lines of epochs that will be redone
+            kept = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            self.metrics = [m for m in kept if m["epoch"] < self.epoch]
+            metrics_path.write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
+        ckpt_io.restore_rng(ckpt)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, *, resume: Path | None = None, force: bool = False, overwrite: bool = False) -> RunResult:
+        start = time.perf_counter()
+        _check_output_dir(self.out_dir, resume is not None, overwrite)
+        if resume is not None:
+            self.load(resume, force=force)
+            self.reporter.message(f"resumed from {resume} at epoch {self.epoch + 1}")
+        elif overwrite:
+            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (self.out_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
+        schedule = self.recipe.schedule
+        selector_name = self.recipe.components["selector"].name
+        first_epoch = self.epoch
+        last_val: dict[str, float] = {}
+        self.reporter.start(schedule.epochs, first_epoch)
+        try:
+            for epoch in range(first_epoch, schedule.epochs):
+                self.epoch = epoch
+                epoch_start = time.perf_counter()
+                torch.manual_seed(derive_seed(self.recipe.seed, "epoch", epoch))
+                phase = epoch_phase(schedule, epoch, selector_name)
+                selection = None
+                if phase == "coreset" and selection_due(schedule, epoch, self.coreset):
+                    selection = self.select(epoch)
+                record: dict[str, Any] = {"epoch": epoch, "phase": phase}
+                if phase == "skip":
+                    record.update(train_loss=float("nan"), train_acc=float("nan"), samples=0)
+                    self.step += self._batches_per_epoch(len(self.data.train))
+                else:
+                    record.update(self.train_epoch(epoch, phase))
+                record["lr"] = self.optimizer.param_groups[0]["lr"]
+                record["coreset_size"] = None if phase != "coreset" else int(len(self.coreset.indices))
+                record["selection"] = selection
+                if self._eval_due(epoch):
+                    last_val = self.validate().summary()
+                    record["val"] = last_val
+                    self._track_best(last_val, epoch)
+                record["epoch_time"] = time.perf_counter() - epoch_start
+                self._write_metrics(record)
+                self._save_checkpoints(epoch, record)
+                self.reporter.epoch_end(epoch, record)
+        finally:
+            self.reporter.stop()
+        test = None
+        if self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and first_epoch < schedule.epochs:
+            test = self.evaluate_split(self.data.test)
+        return RunResult(self.out_dir, schedule.epochs - first_epoch, time.perf_counter() - start,
+                         last_val, test, self.best_metric, self.best_epoch, self.metrics)
+
+    def _batches_per_epoch(self, n: int) -> int:
+        batches = math.ceil(n / self.data.batch_size)
+        cap = self.recipe.train.max_steps_per_epoch
+        return min(batches, cap) if cap else batches
+
+    def train_epoch(self, epoch: int, phase: str) -> dict[str, Any]:
+        """One pass over the full training set or the coreset, with per-sample weights."""
+        from advtrain.data import iterate_batches
+
+        n_train = len(self.data.train)
+        if phase == "coreset":
+            indices = self.coreset.indices
+            weights = torch.zeros(n_train)
+            weights[self.coreset.indices] = self.coreset.weights.float().cpu()
+        else:
+            indices, weights = torch.arange(n_train), None
+        weights_dev = weights.to(self.device) if weights is not None else None
+        batches = self._batches_per_epoch(len(indices))
+        gen = generator(derive_seed(self.recipe.seed, "data", epoch))
+        self.reporter.epoch_start(epoch, batches, phase)
+        self.train_model.train()
+        total_loss, total_correct, seen = 0.0, 0, 0
+        epochs = self.recipe.schedule.epochs
+        for b, (x, y, idx) in enumerate(iterate_batches(
+                self.data.train, indices, self.data.batch_size, shuffle=True, generator=gen,
+                augment=self.data.augment, padding=self.data.padding, device=self.device,
+                num_workers=self.data.num_workers)):
+            if b >= batches:
+                break
+            factor = self.lr_factor(epoch + b / batches, epochs)
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                group["lr"] = base * factor
+            with autocast(self.device, self.amp_dtype):
+                out = self.objective.loss(self.train_model, x, y)
+            batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device)]
+            loss = weighted_mean(out.losses.float(), batch_weights)
+            if not torch.isfinite(loss):
+                raise DivergenceError(self._divergence_message(epoch, b, "loss"))
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if self.recipe.train.grad_clip_value is not None:
+                nn.utils.clip_grad_value_(self.model.parameters(), self.recipe.train.grad_clip_value)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.step += 1
+            loss_value = float(loss.detach())
+            correct = int((out.logits.detach().argmax(1) == y).sum())
+            total_loss += loss_value * len(y)
+            total_correct += correct
+            seen += len(y)
+            self.reporter.batch(loss_value, correct / len(y))
+        return {"train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
+                "samples": seen}
+
+    def _divergence_message(self, epoch: int, batch: int, what: str) -> str:
+        last = self.out_dir / "last.safetensors"
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+        return (f"non-finite {what} at epoch {epoch + 1}, batch {batch + 1}; {kept}. Try a lower optim.lr, "
+                f"precision=fp32, or train.grad_clip_value.")
+
+    def select(self, epoch: int) -> dict[str, float]:
+        """Attack the whole training set, take last-layer gradients, solve for the coreset."""
+        from advtrain.selection.coreset import select_coreset
+
+        selector = self.recipe.components["selector"]
+        result = select_coreset(self.model, self.objective, selector, self.data, seed=self.recipe.seed,
+                                epoch=epoch, device=self.device, amp_dtype=self.amp_dtype)
+        self.coreset = Coreset(result.indices, result.weights, epoch)
+        self._write_coreset(epoch, result.labels)
+        info = result.timing()
+        self.reporter.message(
+            f"selected {info['size']} of {len(self.data.train)} samples with {selector.name} at epoch "
+            f"{epoch + 1}: attack {result.attack_s:.1f}s, features {result.features_s:.1f}s, "
+            f"solver {result.solver_s:.2f}s")
+        return info
+
+    def _write_coreset(self, epoch: int, labels: Tensor) -> None:
+        assert self.coreset is not None
+        path = self.out_dir / "coreset" / f"epoch_{epoch:03d}.npz"
+        arrays = {"indices": self.coreset.indices.numpy(), "weights": self.coreset.weights.numpy(),
+                  "labels": labels[self.coreset.indices].numpy(), "epoch": np.array(epoch)}
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        ckpt_io.write_atomically(path, write)
+
+    # ------------------------------------------------------------ evaluation
+    def _eval_due(self, epoch: int) -> bool:
+        every = self.recipe.eval.every
+        last = epoch == self.recipe.schedule.epochs - 1
+        return last or (every > 0 and (epoch + 1) % every == 0)
+
+    def evaluate_split(self, source: Any) -> EvalResult:
+        return evaluate(self.model, source, self.eval_attacks, n_examples=self.recipe.eval.n_examples,
+                        batch_size=self.recipe.eval.batch_size or self.data.batch_size, device=self.device,
+                        num_classes=self.data.num_classes)
+
+    def validate(self) -> EvalResult:
+        split = self.data.val if self.recipe.eval.split == "val" and len(self.data.val) else self.data.test
+        return self.evaluate_split(split)
+
+    def _track_best(self, val: dict[str, float], epoch: int) -> None:
+        robust = [v for k, v in val.items() if k != "clean"]
+        metric = robust[0] if robust else val["clean"]
+        if self.best_metric is None or metric > self.best_metric:
+            self.best_metric, self.best_epoch = metric, epoch
+            self._new_best = True
+
+    # ---------------------------------------------------------------- output
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        self.metrics.append(record)
+        with open(self.out_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _save_checkpoints(self, epoch: int, record: dict[str, Any]) -> None:
+        state = self.state()
+        ckpt_io.save(self.out_dir / "last.safetensors", state, kind="last")
+        if getattr(self, "_new_best", False):
+            ckpt_io.save(self.out_dir / "best.safetensors", state, kind="best")
+            self._new_best = False
+        keep = self.recipe.output.keep_every
+        if keep and (epoch + 1) % keep == 0:
+            ckpt_io.save(self.out_dir / f"epoch_{epoch + 1:03d}.safetensors", state, kind="epoch")

@@ -1,0 +1,62 @@
+"""Build the components a recipe names. Each ``build_*`` returns one object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from advtrain.config.load import Recipe
+from advtrain.errors import RecipeError
+
+
+def build_data(recipe: Recipe) -> Any:
+    """The dataset bundle (train/val/test sources plus shape, classes and loader settings)."""
+    from advtrain.data import DATASETS
+
+    data = recipe.components["data"]
+    return DATASETS.get(data.name).builder(data.params)
+
+
+def build_model_for(recipe: Recipe, data: Any) -> nn.Module:
+    """The classifier, with the dataset's normalisation as its first module."""
+    from advtrain.models import build_model
+
+    spec = recipe.components["model"].params
+    num_classes = spec.num_classes if spec.num_classes is not None else data.num_classes
+    if num_classes != data.num_classes:
+        raise RecipeError([f"model.num_classes: {num_classes} but dataset '{recipe.components['data'].name}' "
+                           f"has {data.num_classes} classes; remove model.num_classes or set it to "
+                           f"{data.num_classes}"], source=recipe.source)
+    return build_model(spec.name, num_classes=num_classes, in_chans=data.image_shape[0], mean=data.mean,
+                       std=data.std, pretrained=spec.pretrained, **dict(spec.kwargs))
+
+
+def build_objective(recipe: Recipe) -> Any:
+    """The training objective, bound to its attack."""
+    from advtrain.objectives import OBJECTIVES
+
+    objective = recipe.components["objective"]
+    entry = OBJECTIVES.get(objective.name)
+    return entry.builder(objective.params, recipe.components["attack"])
+
+
+def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    from advtrain.train.optim import OPTIMIZERS
+
+    optim = recipe.components["optim"]
+    return OPTIMIZERS.get(optim.name).builder(optim.params, model)
+
+
+def build_lr_schedule(recipe: Recipe) -> Any:
+    from advtrain.train.lr import LR_SCHEDULES
+
+    sched = recipe.components["lr_schedule"]
+    return LR_SCHEDULES.get(sched.name).builder(sched.params)
+
+
+def build_eval_attacks(names: list[str], **overrides: Any) -> list[Any]:
+    from advtrain.attacks.presets import resolve_eval_attack
+
+    return [resolve_eval_attack(name, **overrides) for name in names]

@@ -1,0 +1,158 @@
+"""The one module that prints: rich console, progress bars, tables and the error panel.
+
+Everything else returns values or raises; the training loop talks to a :class:`Reporter`, so a
+test or a non-zero DDP rank can pass :class:`SilentReporter` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+_console: Console | None = None
+
+
+def console() -> Console:
+    """The shared console (created on first use, so importing prints nothing)."""
+    global _console  # noqa: PLW0603 - a single terminal is the one legitimate global here
+    if _console is None:
+        _console = Console(highlight=False, soft_wrap=False, width=None if os.isatty(1) else 120)
+    return _console
+
+
+def print_error(title: str, message: str) -> None:
+    """One red panel for a user error; no traceback."""
+    console().print(Panel(escape(message), title=f"[bold red]{escape(title)}", border_style="red", expand=False))
+
+
+def info(message: str) -> None:
+    console().print(message)
+
+
+def warn(message: str) -> None:
+    console().print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    table = Table(title=escape(title), show_lines=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[escape(str(cell)) for cell in row])
+    console().print(table)
+
+
+def print_text(text: str) -> None:
+    console().print(text, markup=False, highlight=False)
+
+
+class Reporter(Protocol):
+    """What the training loop reports; the console implements it, tests may stay silent."""
+
+    def start(self, total_epochs: int, first_epoch: int) -> None: ...
+    def epoch_start(self, epoch: int, batches: int, phase: str) -> None: ...
+    def batch(self, loss: float, acc: float) -> None: ...
+    def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+class SilentReporter:
+    """A reporter that prints nothing."""
+
+    def start(self, total_epochs: int, first_epoch: int) -> None: ...
+    def epoch_start(self, epoch: int, batches: int, phase: str) -> None: ...
+    def batch(self, loss: float, acc: float) -> None: ...
+    def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+class ProgressReporter:
+    """Epoch and batch bars with ETA, running loss/accuracy and the last validation numbers."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console(),
+            transient=False,
+        )
+        self._epoch_task: TaskID | None = None
+        self._batch_task: TaskID | None = None
+        self._loss = 0.0
+        self._acc = 0.0
+        self._seen = 0
+        self._val = ""
+
+    def start(self, total_epochs: int, first_epoch: int) -> None:
+        self._progress.start()
+        self._epoch_task = self._progress.add_task("epochs", total=total_epochs, completed=first_epoch,
+                                                   status="")
+
+    def epoch_start(self, epoch: int, batches: int, phase: str) -> None:
+        self._loss = self._acc = 0.0
+        self._seen = 0
+        if self._batch_task is not None:
+            self._progress.remove_task(self._batch_task)
+        self._batch_task = self._progress.add_task(f"epoch {epoch + 1} [{phase}]", total=batches, status="")
+
+    def batch(self, loss: float, acc: float) -> None:
+        self._seen += 1
+        self._loss += (loss - self._loss) / self._seen
+        self._acc += (acc - self._acc) / self._seen
+        assert self._batch_task is not None
+        self._progress.update(self._batch_task, advance=1,
+                              status=f"loss {self._loss:.4f}  train acc {self._acc:.3f}")
+
+    def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None:
+        val = summary.get("val") or {}
+        if val:
+            self._val = "  ".join(f"{k} {v:.3f}" for k, v in val.items())
+        assert self._epoch_task is not None
+        status = f"loss {summary.get('train_loss', float('nan')):.4f}"
+        if self._val:
+            status += f"  val: {self._val}"
+        self._progress.update(self._epoch_task, advance=1, status=status)
+        self._progress.console.print(escape(_epoch_line(epoch, summary)))
+
+    def message(self, text: str) -> None:
+        self._progress.console.print(text)
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+def _epoch_line(epoch: int, summary: dict[str, Any]) -> str:
+    parts = [f"epoch {epoch + 1:>3}", f"[{summary.get('phase', '')}]"]
+    if summary.get("phase") != "skip":
+        parts.append(f"loss {summary['train_loss']:.4f} acc {summary['train_acc']:.3f}")
+    if summary.get("coreset_size") is not None:
+        parts.append(f"coreset {summary['coreset_size']}")
+    sel = summary.get("selection")
+    if sel:
+        parts.append(f"select {sel['total_s']:.1f}s")
+    for key, value in (summary.get("val") or {}).items():
+        parts.append(f"val {key} {value:.3f}")
+    parts.append(f"{summary.get('epoch_time', 0.0):.1f}s")
+    return "  ".join(parts)

@@ -1,0 +1,66 @@
+"""Shared helpers for the benchmarks (run by hand; results committed under bench/results/)."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_jpeg_q75.npz"
+LOCAL = ROOT / "local"
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_count": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                     text=True, check=False).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def command_line() -> str:
+    return " ".join(["python", *sys.argv])
+
+
+def cifar_subset(n_train: int, n_test: int) -> Path:
+    """Decode the first images of the shared JPEG CIFAR-10 copy into a cached uint8 .npz."""
+    out = LOCAL / f"cifar10_q75_{n_train}_{n_test}.npz"
+    if out.exists():
+        return out
+    if not SHARED_CIFAR.exists():
+        raise SystemExit(f"{SHARED_CIFAR} not found: the CIFAR-10 benchmark needs ../shared/data")
+    from PIL import Image
+
+    src = np.load(SHARED_CIFAR)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        jpeg, offsets = src[f"{split}_jpeg"], src[f"{split}_offsets"]
+        images = np.empty((n, 32, 32, 3), np.uint8)
+        for i in range(n):
+            blob = jpeg[offsets[i]:offsets[i + 1]].tobytes()
+            images[i] = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+        arrays[f"{split}_x"] = images
+        arrays[f"{split}_y"] = src[f"{split}_labels"][:n].astype(np.int64)
+    LOCAL.mkdir(exist_ok=True)
+    np.savez(out, **arrays)
+    return out
+
+
+def write_result(name: str, record: dict, markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)

@@ -1,0 +1,42 @@
+"""Shared fixtures: paths, a CLI runner, and seeding."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "tests" / "assets"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_recipe() -> Path:
+    return ASSETS / "tiny.yaml"
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """Invoke the real CLI in a temporary working directory; returns (exit_code, output)."""
+    from typer.testing import CliRunner
+
+    from advtrain.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return result.exit_code, result.output
+
+    return invoke
