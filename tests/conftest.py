@@ -15,6 +15,13 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def plain(text: str) -> str:
+    """Console output with rich's box drawing removed and whitespace collapsed, for substring checks."""
+    for ch in "│╭╮╰╯─┃┏┓┗┛━┡┩╇┳┻╋┣┫":
+        text = text.replace(ch, " ")
+    return " ".join(text.split())
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
@@ -37,6 +44,6 @@ def cli(tmp_path, monkeypatch):
 
     def invoke(*args: str) -> tuple[int, str]:
         result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-        return result.exit_code, result.output
+        return result.exit_code, plain(result.output)
 
     return invoke

@@ -176,12 +176,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _resolve_interpolations(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
-    try:
-        return OmegaConf.to_container(OmegaConf.create(data), resolve=True)  # type: ignore[return-value]
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        problems.append(f"{key}: cannot resolve interpolation ({str(err).splitlines()[0]})")
-        return data
+    """Resolve ``${...}`` leaf by leaf so that each broken one is reported with its key path."""
+    cfg = OmegaConf.create(data)
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(node)]
+        if isinstance(node, str) and "${" in node:
+            try:
+                return OmegaConf.select(cfg, path, throw_on_resolution_failure=True)
+            except OmegaConfBaseException as err:
+                problems.append(f"{path}: cannot resolve interpolation '{node}' ({str(err).splitlines()[0]})")
+                return node.replace("${", "\\${")
+        return node
+
+    return walk(data, "")
 
 
 def _field_types(params: type) -> dict[str, Any]:

@@ -46,6 +46,11 @@ class TrainConfig:
     grad_clip_value: float | None = param(None, gt=0, help="clip gradient values (PAT uses 1.0)")
     compile: bool = param(False, help="wrap the model in torch.compile (CUDA)")
     log_every: int = param(10, ge=1, help="refresh the progress line every N batches")
+    overfit_guard: bool = param(
+        False, help="Fast-AT catastrophic-overfitting guard: PGD on a fixed training batch after each "
+                    "epoch; on collapse, revert to the previous epoch and stop")
+    overfit_drop: float = param(0.2, gt=0, le=1, help="robust-accuracy drop (vs the best so far) that counts "
+                                                       "as catastrophic overfitting")
 
 
 @dataclass

@@ -135,6 +135,7 @@ class Trainer:
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
         self.metrics: list[dict[str, Any]] = []
+        self.stopped_early = False
 
     # ----------------------------------------------------------------- state
     def state(self) -> ckpt_io.TrainingState:
@@ -220,8 +221,12 @@ class Trainer:
                     last_val = self.validate().summary()
                     record["val"] = last_val
                     self._track_best(last_val, epoch)
+                collapsed = self._overfit_check(record) if phase != "skip" else False
                 record["epoch_time"] = time.perf_counter() - epoch_start
                 self._write_metrics(record)
+                if collapsed:
+                    self._revert_after_collapse(epoch, record)
+                    break
                 self._save_checkpoints(epoch, record)
                 self.reporter.epoch_end(epoch, record)
         finally:
@@ -229,7 +234,8 @@ class Trainer:
         test = None
         if self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and first_epoch < schedule.epochs:
             test = self.evaluate_split(self.data.test)
-        return RunResult(self.out_dir, schedule.epochs - first_epoch, time.perf_counter() - start,
+        epochs_run = sum(1 for m in self.metrics if m["epoch"] >= first_epoch)
+        return RunResult(self.out_dir, epochs_run, time.perf_counter() - start,
                          last_val, test, self.best_metric, self.best_epoch, self.metrics)
 
     def _batches_per_epoch(self, n: int) -> int:
@@ -304,8 +310,13 @@ class Trainer:
         from advtrain.selection.coreset import select_coreset
 
         selector = self.recipe.components["selector"]
-        result = select_coreset(self.model, self.objective, selector, self.data, seed=self.recipe.seed,
-                                epoch=epoch, device=self.device, amp_dtype=self.amp_dtype)
+        # The selection pass draws its own attack starts, so training randomness is the same
+        # whether or not an epoch selects (and a resumed run replays it exactly).
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derive_seed(self.recipe.seed, "select-attack", epoch))
+            result = select_coreset(self.model, self.objective, selector, self.data, seed=self.recipe.seed,
+                                    epoch=epoch, device=self.device, amp_dtype=self.amp_dtype)
         self.coreset = Coreset(result.indices, result.weights, epoch)
         self._write_coreset(epoch, result.labels)
         info = result.timing()
@@ -326,6 +337,39 @@ class Trainer:
                 np.savez(handle, **arrays)
 
         ckpt_io.write_atomically(path, write)
+
+    # ------------------------------------------------ catastrophic overfitting
+    def _overfit_check(self, record: dict[str, Any]) -> bool:
+        """PGD accuracy on a fixed training batch; True when it collapsed (Wong et al. 2020)."""
+        if not self.recipe.train.overfit_guard:
+            return False
+        from advtrain.attacks.presets import resolve_eval_attack
+
+        attack = self.recipe.components["attack"]
+        norm = getattr(attack.params, "norm", "linf") if attack else "linf"
+        eps = getattr(attack.params, "eps", None) if attack else None
+        probe = resolve_eval_attack("pgd5" if norm == "linf" else "pgd5-l2", eps=eps)
+        n = min(len(self.data.train), self.data.batch_size)
+        result = evaluate(self.model, self.data.train, [probe], n_examples=n, batch_size=n, device=self.device,
+                          num_classes=self.data.num_classes)
+        acc = result.attacks[0].robust_acc
+        record["overfit_probe_pgd5"] = acc
+        best = getattr(self, "_probe_best", None)
+        self._probe_best = acc if best is None else max(best, acc)
+        return best is not None and best - acc > self.recipe.train.overfit_drop
+
+    def _revert_after_collapse(self, epoch: int, record: dict[str, Any]) -> None:
+        last = self.out_dir / "last.safetensors"
+        kept = f"the model of epoch {epoch} ({last}) is kept" if last.exists() else "no earlier checkpoint exists"
+        self.reporter.epoch_end(epoch, record)
+        self.reporter.message(
+            f"[red]catastrophic overfitting[/] at epoch {epoch + 1}: PGD-5 accuracy on a fixed training batch "
+            f"fell from {self._probe_best:.1%} to {record['overfit_probe_pgd5']:.1%}. Training stopped; {kept}. "
+            f"Lower attack.alpha (e.g. 1.0·ε) or ε, or use PGD training.")
+        self.stopped_early = True
+        if last.exists():
+            ckpt = ckpt_io.load(last)
+            self.model.load_state_dict(ckpt.section("model"))
 
     # ------------------------------------------------------------ evaluation
     def _eval_due(self, epoch: int) -> bool:

@@ -1,0 +1,184 @@
+"""Greedy coreset solvers on gradient features: pure tensor functions.
+
+``facility_location`` is CRAIG (Mirzasoleiman et al. 2020): pick k medoids that minimise the sum of
+squared gradient distances of every point to its nearest pick, with Minoux's lazy greedy; each pick
+is weighted by the number of points it represents. ``orthogonal_matching_pursuit`` is GradMatch
+(Killamsetty et al. 2021): greedily add the atom most correlated with the residual of the full
+gradient sum and refit non-negative ridge least squares. Both run on the features' device and
+never hold more than ``max_dense_elems`` pairwise distances at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import torch
+from torch import Tensor
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    return (x * x).sum(dim=1)
+
+
+def _distance_block(rows: Tensor, rows_sq: Tensor, cols: Tensor, cols_sq: Tensor) -> Tensor:
+    """Squared Euclidean distances between two sets of rows, clamped at 0 against round-off."""
+    return (rows_sq[:, None] + cols_sq[None, :] - 2.0 * rows @ cols.T).clamp_min_(0.0)
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    # float64 on the CPU keeps the greedy order exact and testable; float32 on accelerators.
+    return torch.float64 if x.device.type == "cpu" else torch.float32
+
+
+class _Distances:
+    """Distance columns d(:, j): from a dense matrix when it fits, else computed on demand."""
+
+    def __init__(self, x: Tensor, chunk_size: int, max_dense_elems: int) -> None:
+        self.x = x
+        self.sq = _sq_norms(x)
+        self.n = len(x)
+        self.chunk_size = max(1, chunk_size)
+        self.dense: Tensor | None = None
+        if self.n * self.n <= max_dense_elems:
+            self.dense = torch.cat([_distance_block(x[s:s + self.chunk_size], self.sq[s:s + self.chunk_size],
+                                                    x, self.sq) for s in range(0, self.n, self.chunk_size)])
+
+    def column(self, j: int) -> Tensor:
+        if self.dense is not None:
+            return self.dense[:, j]
+        return _distance_block(self.x, self.sq, self.x[j:j + 1], self.sq[j:j + 1])[:, 0]
+
+    def initial_gains(self) -> tuple[Tensor, float]:
+        """Gain of every candidate against the empty set, and the largest distance C.
+
+        With similarity s = C − d, F(∅) = 0 and the first gain of j is Σ_i (C − d_ij).
+        """
+        col_sums = torch.zeros(self.n, dtype=self.x.dtype, device=self.x.device)
+        top = torch.zeros((), dtype=self.x.dtype, device=self.x.device)
+        for s in range(0, self.n, self.chunk_size):
+            block = self.dense[s:s + self.chunk_size] if self.dense is not None else _distance_block(
+                self.x[s:s + self.chunk_size], self.sq[s:s + self.chunk_size], self.x, self.sq)
+            col_sums += block.sum(dim=0)
+            top = torch.maximum(top, block.max())
+        c = float(top)
+        return self.n * c - col_sums, c
+
+
+def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
+                      max_dense_elems: int = 25_000_000) -> tuple[Tensor, Tensor]:
+    """CRAIG: lazy-greedy facility location on −squared distances.
+
+    Args:
+        features: (n, D) per-sample (or per-batch) gradients.
+        budget: Number of elements to select.
+        chunk_size: Rows per distance block.
+        max_dense_elems: Build the n×n distance matrix only when n² is at most this; otherwise
+            distance columns are recomputed on demand (O(nD) each) and memory stays O(n·chunk).
+
+    Returns:
+        ``(indices, weights)``: selected rows in greedy order and, for each, the number of rows
+        whose nearest selected element it is (each selected row represents itself; other ties go
+        to the element selected first), so the weights sum to n.
+    """
+    n = len(features)
+    device = features.device
+    if budget >= n:
+        return torch.arange(n, device=device), torch.ones(n, device=device)
+    if budget <= 0:
+        return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)
+    x = features.to(_work_dtype(features))
+    dist = _Distances(x, chunk_size, max_dense_elems)
+    gains, c = dist.initial_gains()
+    cur = torch.full((n,), c, dtype=x.dtype, device=device)  # distance to the nearest pick (C = none yet)
+    heap = [(-g, j) for j, g in enumerate(gains.tolist())]
+    heapq.heapify(heap)
+    selected: list[int] = []
+    fresh_round = {j: 0 for j in range(n)}  # round in which each bound was last recomputed
+    while len(selected) < budget and heap:
+        neg_bound, j = heapq.heappop(heap)
+        if fresh_round[j] == len(selected):
+            selected.append(j)
+            torch.minimum(cur, dist.column(j), out=cur)
+            continue
+        gain = float((cur - dist.column(j)).clamp_min(0).sum())
+        fresh_round[j] = len(selected)
+        heapq.heappush(heap, (-gain, j))
+    idx = torch.tensor(selected, dtype=torch.long, device=device)
+    return idx, _nearest_counts(dist, idx).to(features.dtype)
+
+
+def _nearest_counts(dist: _Distances, idx: Tensor) -> Tensor:
+    """How many rows each selected element represents (itself included)."""
+    n, k = dist.n, len(idx)
+    best = torch.full((n,), float("inf"), dtype=dist.x.dtype, device=idx.device)
+    owner = torch.zeros(n, dtype=torch.long, device=idx.device)
+    for slot in range(k):
+        col = dist.column(int(idx[slot]))
+        closer = col < best
+        best = torch.where(closer, col, best)
+        owner = torch.where(closer, torch.full_like(owner, slot), owner)
+    owner[idx] = torch.arange(k, device=idx.device)  # a pick always represents itself
+    return torch.bincount(owner, minlength=k).to(torch.float32)
+
+
+def orthogonal_matching_pursuit(features: Tensor, budget: int, *, lam: float = 0.0, target: Tensor | None = None,
+                                nonnegative: bool = True, tol: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """GradMatch: OMP with (non-negative) ridge-regularised least squares.
+
+    Minimises ‖Σ_{j∈S} w_j g_j − b‖² + λ‖w‖² greedily, b = Σ_i g_i by default. Each round adds the
+    unselected atom most correlated with the residual (largest ⟨g_j, r⟩; largest |⟨g_j, r⟩| when
+    ``nonnegative`` is off) and refits w on the selected atoms. Non-negativity is kept by pruning:
+    while some weight is negative, the most negative atom is dropped and w refitted. A pruned atom is
+    never added again, which guarantees termination (the reference code instead abandons OMP when
+    the atom it just added is pruned). Stops at ``budget`` atoms, when no atom correlates positively
+    with the residual, or when ‖r‖ ≤ tol·‖b‖.
+
+    Returns:
+        ``(indices, weights)`` of the selected atoms, all weights > 0 when ``nonnegative``.
+    """
+    device = features.device
+    g = features.to(torch.float64)
+    b = g.sum(dim=0) if target is None else target.to(device=device, dtype=torch.float64)
+    n = len(g)
+    b_norm = float(b.norm())
+    allowed = torch.ones(n, dtype=torch.bool, device=device)
+    selected: list[int] = []
+    w = torch.zeros(0, dtype=torch.float64, device=device)
+    residual = b.clone()
+    for _ in range(2 * n + budget):  # hard cap; every round adds or bans an atom
+        if len(selected) >= budget or b_norm == 0 or float(residual.norm()) <= tol * b_norm:
+            break
+        corr = g @ residual
+        score = corr if nonnegative else corr.abs()
+        score = torch.where(allowed, score, torch.full_like(score, -torch.inf))
+        j = int(score.argmax())
+        if not bool(allowed[j]) or float(score[j]) <= 0:
+            break
+        selected.append(j)
+        allowed[j] = False
+        w = _ridge_fit(g[selected], b, lam)
+        while nonnegative and len(selected) and float(w.min()) < 0:
+            selected.pop(int(w.argmin()))  # the pruned atom stays banned (allowed is False)
+            w = _ridge_fit(g[selected], b, lam) if selected else w[:0]
+        residual = b - (w @ g[selected] if selected else torch.zeros_like(b))
+    idx = torch.tensor(selected, dtype=torch.long, device=device)
+    keep = w > 0 if nonnegative else w != 0
+    return idx[keep], w[keep].to(features.dtype)
+
+
+def _ridge_fit(atoms: Tensor, b: Tensor, lam: float) -> Tensor:
+    """argmin_w ‖atomsᵀ w − b‖² + λ‖w‖² via the small normal equations (min-norm when singular)."""
+    gram = atoms @ atoms.T
+    if lam > 0:
+        gram = gram + lam * torch.eye(len(atoms), dtype=gram.dtype, device=gram.device)
+    rhs = atoms @ b
+    if lam > 0:
+        return torch.linalg.solve(gram, rhs)
+    # pinv of the (float64, k×k) Gram matrix gives the minimum-norm least-squares solution on any device.
+    return torch.linalg.pinv(gram, hermitian=True) @ rhs
+
+
+def random_subset(n: int, budget: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """A uniformly random subset with unit weights."""
+    idx = torch.randperm(n, generator=generator)[: max(0, min(budget, n))]
+    return idx, torch.ones(len(idx))
