@@ -27,6 +27,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from advtrain.train.loop import TrainingInterrupted
         from advtrain.ui import console
 
         try:
@@ -34,6 +35,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as err:
             console.print_error(err.title, str(err))
             raise typer.Exit(2) from None
+        except TrainingInterrupted as err:
+            console.print_error("interrupted", str(err))
+            raise typer.Exit(130) from None
         except KeyboardInterrupt:
             console.print_error("interrupted", "stopped by the user; the last completed epoch's "
                                 "checkpoint is kept (continue with --resume).")

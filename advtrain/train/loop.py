@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,18 @@ from advtrain.ui.console import Reporter
 
 #: Recipe keys that may change between a checkpoint and a resumed run.
 RESUMABLE_KEYS = ("name", "device", "output", "eval")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a step; a resumable checkpoint was written."""
+
+
+def _grads_finite(model: nn.Module) -> bool:
+    """One device sync for all parameters: are every gradient's entries finite?"""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()))
 
 
 @dataclass
@@ -136,6 +150,9 @@ class Trainer:
         self.best_epoch: int | None = None
         self.metrics: list[dict[str, Any]] = []
         self.stopped_early = False
+        self.resume_batch = 0  # batches of self.epoch already trained (mid-epoch resume)
+        self.partial: dict[str, Any] = {}  # running sums of an interrupted epoch
+        self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- state
     def state(self) -> ckpt_io.TrainingState:
@@ -149,6 +166,15 @@ class Trainer:
             coreset_epoch=None if self.coreset is None else self.coreset.epoch,
             scaler=None if self.scaler is None else self.scaler.state_dict(),
         )
+
+    def _save_in_epoch(self, epoch: int, batch: int, partial: dict[str, Any]) -> Path:
+        """Save mid-epoch: ``batch`` batches of ``epoch`` done; resume continues right after them."""
+        state = self.state()
+        state.epoch = epoch - 1  # the last *completed* epoch
+        state.extra = {"in_epoch": {"epoch": epoch, "batch": batch, "partial": partial}}
+        path = self.out_dir / "last.safetensors"
+        ckpt_io.save(path, state, kind="last")
+        return path
 
     def load(self, path: Path, *, force: bool) -> None:
         """Continue from a checkpoint of this same recipe (model, optimizer, coreset, epoch)."""
@@ -173,6 +199,10 @@ class Trainer:
         meta = ckpt.meta
         self.epoch = int(meta["epoch"]) + 1
         self.step = int(meta["step"])
+        in_epoch = (meta.get("extra") or {}).get("in_epoch")
+        if in_epoch:
+            self.epoch, self.resume_batch = int(in_epoch["epoch"]), int(in_epoch["batch"])
+            self.partial = dict(in_epoch.get("partial") or {})
         self.best_metric, self.best_epoch = meta.get("best_metric"), meta.get("best_epoch")
         if "coreset.indices" in ckpt.tensors:
             self.coreset = Coreset(ckpt.tensors["coreset.indices"], ckpt.tensors["coreset.weights"],
@@ -199,21 +229,26 @@ class Trainer:
         first_epoch = self.epoch
         last_val: dict[str, float] = {}
         self.reporter.start(schedule.epochs, first_epoch)
+        previous_handlers = self._install_signal_handlers()
         try:
             for epoch in range(first_epoch, schedule.epochs):
                 self.epoch = epoch
                 epoch_start = time.perf_counter()
-                torch.manual_seed(derive_seed(self.recipe.seed, "epoch", epoch))
+                mid_epoch = epoch == first_epoch and self.resume_batch > 0
+                if not mid_epoch:  # a mid-epoch resume restored the RNG state of the interruption
+                    torch.manual_seed(derive_seed(self.recipe.seed, "epoch", epoch))
                 phase = epoch_phase(schedule, epoch, selector_name)
-                selection = None
-                if phase == "coreset" and selection_due(schedule, epoch, self.coreset):
+                selection = self.partial.get("selection") if mid_epoch else None
+                if phase == "coreset" and not mid_epoch and selection_due(schedule, epoch, self.coreset):
                     selection = self.select(epoch)
                 record: dict[str, Any] = {"epoch": epoch, "phase": phase}
                 if phase == "skip":
                     record.update(train_loss=float("nan"), train_acc=float("nan"), samples=0)
                     self.step += self._batches_per_epoch(len(self.data.train))
                 else:
-                    record.update(self.train_epoch(epoch, phase))
+                    start_batch, partial = (self.resume_batch, self.partial) if mid_epoch else (0, {})
+                    record.update(self.train_epoch(epoch, phase, start_batch=start_batch,
+                                                   partial={**partial, "selection": selection}))
                 record["lr"] = self.optimizer.param_groups[0]["lr"]
                 record["coreset_size"] = None if phase != "coreset" else int(len(self.coreset.indices))
                 record["selection"] = selection
@@ -229,8 +264,11 @@ class Trainer:
                     break
                 self._save_checkpoints(epoch, record)
                 self.reporter.epoch_end(epoch, record)
+                if self._stop_signal is not None:  # arrived outside a training step: epoch is saved
+                    raise TrainingInterrupted(self._interrupt_message(epoch + 1, None))
         finally:
             self.reporter.stop()
+            self._restore_signal_handlers(previous_handlers)
         test = None
         if self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and first_epoch < schedule.epochs:
             test = self.evaluate_split(self.data.test)
@@ -243,8 +281,13 @@ class Trainer:
         cap = self.recipe.train.max_steps_per_epoch
         return min(batches, cap) if cap else batches
 
-    def train_epoch(self, epoch: int, phase: str) -> dict[str, Any]:
-        """One pass over the full training set or the coreset, with per-sample weights."""
+    def train_epoch(self, epoch: int, phase: str, *, start_batch: int = 0,
+                    partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One pass over the full training set or the coreset, with per-sample weights.
+
+        ``start_batch`` > 0 continues an interrupted epoch: the first batches are drawn again (so
+        the data order and augmentation generator advance exactly as before) but not trained on.
+        """
         from advtrain.data import iterate_batches
 
         n_train = len(self.data.train)
@@ -259,7 +302,9 @@ class Trainer:
         gen = generator(derive_seed(self.recipe.seed, "data", epoch))
         self.reporter.epoch_start(epoch, batches, phase)
         self.train_model.train()
-        total_loss, total_correct, seen = 0.0, 0, 0
+        partial = partial or {}
+        total_loss, total_correct = partial.get("loss_sum", 0.0), partial.get("correct", 0)
+        seen = partial.get("seen", 0)
         epochs = self.recipe.schedule.epochs
         for b, (x, y, idx) in enumerate(iterate_batches(
                 self.data.train, indices, self.data.batch_size, shuffle=True, generator=gen,
@@ -267,21 +312,30 @@ class Trainer:
                 num_workers=self.data.num_workers)):
             if b >= batches:
                 break
+            if b < start_batch:  # trained before the interruption
+                continue
+            so_far = {"loss_sum": total_loss, "correct": total_correct, "seen": seen,
+                      "selection": partial.get("selection")}
             factor = self.lr_factor(epoch + b / batches, epochs)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
                 group["lr"] = base * factor
-            with autocast(self.device, self.amp_dtype):
-                out = self.objective.loss(self.train_model, x, y)
-            batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device)]
-            loss = weighted_mean(out.losses.float(), batch_weights)
-            if not torch.isfinite(loss):
-                raise DivergenceError(self._divergence_message(epoch, b, "loss"))
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
+            try:
+                with autocast(self.device, self.amp_dtype):
+                    out = self.objective.loss(self.train_model, x, y)
+                batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device)]
+                loss = weighted_mean(out.losses.float(), batch_weights)
+                if not torch.isfinite(loss):
+                    self._diverged(epoch, b, "loss", so_far)
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(self.optimizer)
+                else:
+                    loss.backward()
+            except torch.cuda.OutOfMemoryError:
+                raise UserError(self._oom_message(epoch, b)) from None
+            if self.scaler is None and not _grads_finite(self.model):
+                self._diverged(epoch, b, "gradients", so_far)
             if self.recipe.train.grad_clip_value is not None:
                 nn.utils.clip_grad_value_(self.model.parameters(), self.recipe.train.grad_clip_value)
             if self.scaler is not None:
@@ -296,14 +350,56 @@ class Trainer:
             total_correct += correct
             seen += len(y)
             self.reporter.batch(loss_value, correct / len(y))
+            if self._stop_signal is not None:
+                path = self._save_in_epoch(epoch, b + 1, {"loss_sum": total_loss, "correct": total_correct,
+                                                          "seen": seen, "selection": partial.get("selection")})
+                raise TrainingInterrupted(self._interrupt_message(epoch, b + 1, path))
         return {"train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
                 "samples": seen}
 
-    def _divergence_message(self, epoch: int, batch: int, what: str) -> str:
+    def _diverged(self, epoch: int, batch: int, what: str, so_far: dict[str, Any]) -> None:
+        """Save the model as it was before this batch (still finite), then stop with a hint."""
+        path = self._save_in_epoch(epoch, batch, so_far)
+        raise DivergenceError(
+            f"non-finite {what} at epoch {epoch + 1}, batch {batch + 1}. The last good state (before this "
+            f"batch) is saved in {path}. Try a lower optim.lr, precision=fp32, or train.grad_clip_value; "
+            f"continue with --resume --force after changing the recipe.")
+
+    def _oom_message(self, epoch: int, batch: int) -> str:
         last = self.out_dir / "last.safetensors"
-        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
-        return (f"non-finite {what} at epoch {epoch + 1}, batch {batch + 1}; {kept}. Try a lower optim.lr, "
-                f"precision=fp32, or train.grad_clip_value.")
+        kept = f"{last} (end of the last completed epoch) is kept" if last.exists() else "no checkpoint yet"
+        return (f"CUDA ran out of memory at epoch {epoch + 1}, batch {batch + 1} (adversarial training keeps the "
+                f"attack's activations too). Use a smaller data.batch_size (now {self.data.batch_size}) or "
+                f"precision=bf16; {kept}.")
+
+    def _interrupt_message(self, epoch: int, batch: int | None, path: Path | None = None) -> str:
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "signal"
+        where = f"after batch {batch} of epoch {epoch + 1}" if batch is not None else f"after epoch {epoch}"
+        saved = path or self.out_dir / "last.safetensors"
+        return (f"stopped by {name} {where}; saved {saved}. Continue with: advtrain run <recipe> --resume "
+                f"(same recipe and overrides).")
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM finish the current step, save, and stop (a second SIGINT stops at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.reporter.message(f"{signal.Signals(signum).name}: finishing the current step, then saving...")
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
     def select(self, epoch: int) -> dict[str, float]:
         """Attack the whole training set, take last-layer gradients, solve for the coreset."""
