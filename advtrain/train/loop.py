@@ -358,12 +358,18 @@ class Trainer:
                 "samples": seen}
 
     def _diverged(self, epoch: int, batch: int, what: str, so_far: dict[str, Any]) -> None:
-        """Save the model as it was before this batch (still finite), then stop with a hint."""
-        path = self._save_in_epoch(epoch, batch, so_far)
+        """Keep the last finite state (this batch's start, else the last checkpoint), then stop with a hint."""
+        finite = all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values()
+                     if t.is_floating_point())
+        if finite:
+            kept = f"the state before this batch is saved in {self._save_in_epoch(epoch, batch, so_far)}"
+        else:
+            last = self.out_dir / "last.safetensors"
+            kept = (f"the weights already overflowed, so {last} (the last finite checkpoint) is kept"
+                    if last.exists() else "no finite checkpoint was written yet")
         raise DivergenceError(
-            f"non-finite {what} at epoch {epoch + 1}, batch {batch + 1}. The last good state (before this "
-            f"batch) is saved in {path}. Try a lower optim.lr, precision=fp32, or train.grad_clip_value; "
-            f"continue with --resume --force after changing the recipe.")
+            f"non-finite {what} at epoch {epoch + 1}, batch {batch + 1}; {kept}. Try a lower optim.lr, "
+            f"precision=fp32, or train.grad_clip_value; continue with --resume --force after changing the recipe.")
 
     def _oom_message(self, epoch: int, batch: int) -> str:
         last = self.out_dir / "last.safetensors"
