@@ -122,7 +122,8 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(ckpt.section("model")[key], value)
     restored = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
     restored.load_state_dict(ckpt_io.optimizer_state(ckpt))
-    assert torch.equal(restored.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    momentum = restored.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, opt.state_dict()["state"][0]["momentum_buffer"])
     assert ckpt.tensors["coreset.indices"].tolist() == [1, 5]
 
 
