@@ -74,11 +74,12 @@ def run(
 ) -> None:
     """Train with a recipe: adversarial training, optionally on adversarial coresets."""
     from advtrain.config.load import load_recipe
-    from advtrain.train.loop import Trainer
+    from advtrain.train.loop import Trainer, check_output_dir
     from advtrain.train.report import write_run_report
     from advtrain.ui import console
 
     resolved = load_recipe(recipe, overrides or [])
+    check_output_dir(Path(resolved.output.dir), resume or resume_from is not None, overwrite)
     trainer = Trainer(resolved, console.ProgressReporter(), device=device)
     checkpoint = resume_from
     if resume and checkpoint is None:

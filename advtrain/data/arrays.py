@@ -78,6 +78,9 @@ def load_npz(path: str | Path, *, num_classes: int | None = None,
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist; data.path must name a .npz with "
                         f"{', '.join(REQUIRED_KEYS)}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"'{path}' is not a .npz archive (truncated, or another format); write it with "
+                        f"numpy.savez(path, train_x=..., train_y=..., test_x=..., test_y=...)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]

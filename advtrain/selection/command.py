@@ -23,6 +23,7 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
     dev = pick_device(device or recipe.device)
     seed_everything(recipe.seed)
     data = build.build_data(recipe)
+    build.check_selector_fits(recipe, data)
     model = build.build_model_for(recipe, data)
     epoch = 0
     if checkpoint is not None:

@@ -106,7 +106,7 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return diffs
 
 
-def _check_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
+def check_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write-test"
@@ -130,6 +130,7 @@ class Trainer:
         self.amp_dtype = resolve_precision(recipe.precision, self.device)
         seed_everything(recipe.seed)
         self.data = build.build_data(recipe)
+        build.check_selector_fits(recipe, self.data)
         self.model = build.build_model_for(recipe, self.data).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -217,7 +218,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, *, resume: Path | None = None, force: bool = False, overwrite: bool = False) -> RunResult:
         start = time.perf_counter()
-        _check_output_dir(self.out_dir, resume is not None, overwrite)
+        check_output_dir(self.out_dir, resume is not None, overwrite)
         if resume is not None:
             self.load(resume, force=force)
             self.reporter.message(f"resumed from {resume} at epoch {self.epoch + 1}")
@@ -247,13 +248,17 @@ class Trainer:
                     self.step += self._batches_per_epoch(len(self.data.train))
                 else:
                     start_batch, partial = (self.resume_batch, self.partial) if mid_epoch else (0, {})
+                    train_start = time.perf_counter()
                     record.update(self.train_epoch(epoch, phase, start_batch=start_batch,
                                                    partial={**partial, "selection": selection}))
+                    record["train_time"] = time.perf_counter() - train_start
                 record["lr"] = self.optimizer.param_groups[0]["lr"]
                 record["coreset_size"] = None if phase != "coreset" else int(len(self.coreset.indices))
                 record["selection"] = selection
                 if self._eval_due(epoch):
+                    eval_start = time.perf_counter()
                     last_val = self.validate().summary()
+                    record["eval_time"] = time.perf_counter() - eval_start
                     record["val"] = last_val
                     self._track_best(last_val, epoch)
                 collapsed = self._overfit_check(record) if phase != "skip" else False

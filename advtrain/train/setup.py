@@ -60,3 +60,19 @@ def build_eval_attacks(names: list[str], **overrides: Any) -> list[Any]:
     from advtrain.attacks.presets import resolve_eval_attack
 
     return [resolve_eval_attack(name, **overrides) for name in names]
+
+
+def check_selector_fits(recipe: Recipe, data: Any) -> None:
+    """Refuse per-class batch-wise selection when a class is smaller than one candidate batch."""
+    params = recipe.components["selector"].params
+    if params is None or not getattr(params, "per_class", False) or getattr(params, "granularity", "") != "batch":
+        return
+    size = params.batch_size or data.batch_size
+    counts = torch.bincount(data.train.labels, minlength=data.num_classes).tolist()
+    small = [(c, n) for c, n in enumerate(counts) if 0 < n < size]
+    if small:
+        c, n = small[0]
+        raise RecipeError([
+            f"selector.batch_size {size} is larger than class {c} ({n} training samples): per-class "
+            f"batch-wise selection needs at least one full batch per class; lower selector.batch_size "
+            f"(it defaults to data.batch_size) or set selector.per_class=false"], source=recipe.source)
