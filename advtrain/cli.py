@@ -74,24 +74,39 @@ def run(
 ) -> None:
     """Train with a recipe: adversarial training, optionally on adversarial coresets."""
     from advtrain.config.load import load_recipe
+    from advtrain.train.distributed import is_main_process
     from advtrain.train.loop import Trainer, check_output_dir
     from advtrain.train.report import write_run_report
     from advtrain.ui import console
 
     resolved = load_recipe(recipe, overrides or [])
-    check_output_dir(Path(resolved.output.dir), resume or resume_from is not None, overwrite)
-    trainer = Trainer(resolved, console.ProgressReporter(), device=device)
-    checkpoint = resume_from
-    if resume and checkpoint is None:
-        checkpoint = Path(resolved.output.dir) / "last.safetensors"
-        if not checkpoint.exists():
-            raise UserError(f"--resume: no checkpoint at '{checkpoint}' (output.dir of this recipe); "
-                            f"run without --resume to start, or give --resume-from PATH.")
-    console.info(f"advtrain run [bold]{resolved.name}[/] on {trainer.device} "
-                 f"({'fp32' if trainer.amp_dtype is None else str(trainer.amp_dtype).replace('torch.', '')}) "
-                 f"→ {trainer.out_dir}")
-    result = trainer.fit(resume=checkpoint, force=force, overwrite=overwrite)
-    report = write_run_report(trainer, result)
+    main_process = is_main_process()
+    if main_process:
+        check_output_dir(Path(resolved.output.dir), resume or resume_from is not None, overwrite)
+    reporter = console.ProgressReporter() if main_process else console.SilentReporter()
+    trainer = Trainer(resolved, reporter, device=device)
+    try:
+        checkpoint = resume_from
+        if resume and checkpoint is None:
+            checkpoint = Path(resolved.output.dir) / "last.safetensors"
+            if not checkpoint.exists():
+                raise UserError(f"--resume: no checkpoint at '{checkpoint}' (output.dir of this recipe); "
+                                f"run without --resume to start, or give --resume-from PATH.")
+        if main_process:
+            precision = "fp32" if trainer.amp_dtype is None else str(trainer.amp_dtype).replace("torch.", "")
+            world = f", {trainer.dist.world} processes" if trainer.dist.enabled else ""
+            console.info(f"advtrain run [bold]{resolved.name}[/] on {trainer.device} ({precision}{world}) "
+                         f"→ {trainer.out_dir}")
+        result = trainer.fit(resume=checkpoint, force=force, overwrite=overwrite)
+        if main_process:
+            _print_run_summary(resolved, write_run_report(trainer, result), result)
+    finally:
+        trainer.close()
+
+
+def _print_run_summary(resolved: Any, report: dict, result: Any) -> None:
+    from advtrain.ui import console
+
     rows = [("clean", f"{report['final_val'].get('clean', float('nan')):.2%}")]
     rows += [(k, f"{v:.2%}") for k, v in report["final_val"].items() if k != "clean"]
     console.print_table(f"final validation ({resolved.eval.split})", ["metric", "accuracy"], rows)

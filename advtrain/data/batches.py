@@ -33,6 +33,29 @@ def random_crop(x: Tensor, padding: int, offsets: Tensor) -> Tensor:
     return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
+def draw_augmentation(n: int, mode: str, padding: int, generator: torch.Generator | None) -> dict[str, Tensor]:
+    """The random crop offsets and flips of ``n`` images, drawn on the CPU from ``generator``."""
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation '{mode}' (choices: {', '.join(AUGMENTATIONS)})")
+    draws: dict[str, Tensor] = {}
+    if mode == "none" or n == 0:
+        return draws
+    if padding > 0:
+        draws["offsets"] = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    if mode == "crop_flip":
+        draws["flip"] = torch.rand(n, generator=generator) < 0.5
+    return draws
+
+
+def apply_augmentation(x: Tensor, draws: dict[str, Tensor], padding: int) -> Tensor:
+    """Apply drawn crops/flips (one row of ``draws`` per image of ``x``) on ``x``'s device."""
+    if "offsets" in draws:
+        x = random_crop(x, padding, draws["offsets"].to(x.device))
+    if "flip" in draws:
+        x = torch.where(draws["flip"].to(x.device)[:, None, None, None], x.flip(3), x)
+    return x
+
+
 def augment_batch(x: Tensor, mode: str, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
     """Random crop (zero padding) and/or horizontal flip, per sample, vectorised, on ``x``'s device.
 
@@ -43,18 +66,7 @@ def augment_batch(x: Tensor, mode: str, padding: int = 4, generator: torch.Gener
         generator: A CPU generator; the draws are made on the CPU so results do not depend on the
             device. None uses the global RNG.
     """
-    if mode not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation '{mode}' (choices: {', '.join(AUGMENTATIONS)})")
-    if mode == "none" or len(x) == 0:
-        return x
-    n = len(x)
-    if padding > 0:
-        offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
-        x = random_crop(x, padding, offsets.to(x.device))
-    if mode == "crop_flip":
-        flip = torch.rand(n, generator=generator) < 0.5
-        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
-    return x
+    return apply_augmentation(x, draw_augmentation(len(x), mode, padding, generator), padding)
 
 
 def _batches(indices: Tensor, batch_size: int, shuffle: bool, generator: torch.Generator | None,
@@ -71,25 +83,44 @@ def _batches(indices: Tensor, batch_size: int, shuffle: bool, generator: torch.G
 def iterate_batches(source: Source, indices: Tensor, batch_size: int, *, shuffle: bool,
                     generator: torch.Generator | None, augment: str = "none", padding: int = 4,
                     device: torch.device | str = "cpu", num_workers: int = 0,
-                    drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+                    drop_last: bool = False,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(x, y, idx)`` over ``source[indices]``: each index once per pass.
 
     ``x`` (float [0,1], augmented) and ``y`` are on ``device``; ``idx`` (the source's row indices)
     stays on the CPU for bookkeeping. The order is ``indices`` itself, or a permutation drawn from
     ``generator`` when ``shuffle``; augmentation draws from the same generator afterwards.
+
+    ``shard=(rank, world)`` (data parallel): batches are global batches of ``batch_size``, drawn
+    and augmented exactly as in one process, and each rank loads only its contiguous slice of
+    every batch; a last batch smaller than ``world`` is dropped so no rank gets an empty one.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     device = torch.device(device)
+    rank, world = shard
     chunks = _batches(indices, batch_size, shuffle, generator, drop_last)
+    if world > 1 and chunks and len(chunks[-1]) < world:
+        chunks.pop()
     if isinstance(source, ArraySource):
         for idx in chunks:
+            draws = draw_augmentation(len(idx), augment, padding, generator)
+            if world > 1:
+                rows = torch.tensor_split(torch.arange(len(idx)), world)[rank]
+                idx, draws = idx[rows], {k: v[rows] for k, v in draws.items()}
             x = source.load(idx, device)
             y = source.labels[idx].to(device)
-            yield augment_batch(x, augment, padding, generator), y, idx
+            yield apply_augmentation(x, draws, padding), y, idx
         return
-    loader = DataLoader(source, batch_sampler=[c.tolist() for c in chunks], num_workers=num_workers,
+    plans = []
+    for idx in chunks:
+        draws = draw_augmentation(len(idx), augment, padding, generator)
+        if world > 1:
+            rows = torch.tensor_split(torch.arange(len(idx)), world)[rank]
+            idx, draws = idx[rows], {k: v[rows] for k, v in draws.items()}
+        plans.append((idx, draws))
+    loader = DataLoader(source, batch_sampler=[idx.tolist() for idx, _ in plans], num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    for x, y, idx in loader:
+    for (_, draws), (x, y, idx) in zip(plans, loader, strict=True):
         x = x.to(device, non_blocking=True)
-        yield augment_batch(x, augment, padding, generator), y.to(device), idx.long()
+        yield apply_augmentation(x, draws, padding), y.to(device), idx.long()

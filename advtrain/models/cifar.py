@@ -179,13 +179,15 @@ class CifarResNet(_HeadMixin, nn.Module):
 class SmallCNN(_HeadMixin, nn.Module):
     """Three 3×3 convolutions (32-64-128) for 8×8 digits or 28×28 MNIST-like images (~94k params)."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0, norm: bool = True) -> None:
         super().__init__()
         self.num_classes, self.drop_rate, self.num_features = num_classes, drop_rate, 128
 
         def unit(cin: int, cout: int) -> list[nn.Module]:
-            conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-            return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            # norm=False (model.kwargs={norm: false}) gives a BatchNorm-free net, whose outputs do not
+            # depend on how a batch is split (used to test data-parallel training against one process).
+            conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)
+            return [conv, nn.BatchNorm2d(cout) if norm else nn.Identity(), nn.ReLU(inplace=True)]
 
         self.features = nn.Sequential(*unit(in_chans, 32), *unit(32, 64), nn.MaxPool2d(2), *unit(64, 128))
         self.fc: nn.Module = nn.Linear(128, num_classes) if num_classes > 0 else nn.Identity()

@@ -27,6 +27,18 @@ class LossOutput:
     logits: Tensor
 
 
+def attack_view(model: nn.Module) -> nn.Module:
+    """The model an attack should run on: DistributedDataParallel unwrapped.
+
+    Attack steps differentiate w.r.t. the input only; running them through DDP's forward would
+    arm its gradient-reduction hooks for a backward that never comes.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = getattr(model, "_orig_mod", model)
+    return inner.module if isinstance(inner, DistributedDataParallel) else model
+
+
 def _logits_and_embedding(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     inner = getattr(model, "_orig_mod", model)
     inner = getattr(inner, "module", inner)  # DDP
@@ -71,7 +83,7 @@ class AdversarialObjective:
         return self.attack_fn(model, x, y, self.attack_params)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossOutput:
-        x_adv = self.attack(model, x, y)
+        x_adv = self.attack(attack_view(model), x, y)
         logits = model(x_adv)
         return LossOutput(cross_entropy(logits, y), logits)
 
@@ -138,7 +150,8 @@ class TradesObjective:
             model.train(was_training)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossOutput:
-        x_adv = trades_attack(model, x, self._clean_logits_eval(model, x), self.attack_params)
+        inner = attack_view(model)
+        x_adv = trades_attack(inner, x, self._clean_logits_eval(inner, x), self.attack_params)
         clean_logits = model(x)
         adv_logits = model(x_adv)
         losses = cross_entropy(clean_logits, y) + self.params.beta * kl_per_sample(clean_logits, adv_logits)

@@ -26,6 +26,7 @@ from advtrain.errors import CheckpointError, DivergenceError, UserError
 from advtrain.eval.robust import EvalResult, evaluate
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.objectives import weighted_mean
+from advtrain.train import distributed
 from advtrain.train import setup as build
 from advtrain.train.device import (
     autocast,
@@ -126,7 +127,8 @@ class Trainer:
     def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None) -> None:
         self.recipe = recipe
         self.reporter = reporter
-        self.device = pick_device(device or recipe.device)
+        self.dist = distributed.context_from_env()
+        self.device = distributed.init(self.dist, pick_device(device or recipe.device))
         self.amp_dtype = resolve_precision(recipe.precision, self.device)
         seed_everything(recipe.seed)
         self.data = build.build_data(recipe)
@@ -135,7 +137,14 @@ class Trainer:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
-        self.train_model: nn.Module = torch.compile(self.model) if recipe.train.compile else self.model
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if recipe.train.compile:
+            self.train_model = torch.compile(self.train_model)
         self.objective = build.build_objective(recipe)
         self.optimizer = build.build_optimizer(recipe, self.model)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -154,6 +163,7 @@ class Trainer:
         self.resume_batch = 0  # batches of self.epoch already trained (mid-epoch resume)
         self.partial: dict[str, Any] = {}  # running sums of an interrupted epoch
         self._stop_signal: int | None = None
+        self._stop_any = False
 
     # ----------------------------------------------------------------- state
     def state(self) -> ckpt_io.TrainingState:
@@ -174,7 +184,9 @@ class Trainer:
         state.epoch = epoch - 1  # the last *completed* epoch
         state.extra = {"in_epoch": {"epoch": epoch, "batch": batch, "partial": partial}}
         path = self.out_dir / "last.safetensors"
-        ckpt_io.save(path, state, kind="last")
+        if self.dist.is_main:
+            ckpt_io.save(path, state, kind="last")
+        distributed.barrier(self.dist)
         return path
 
     def load(self, path: Path, *, force: bool) -> None:
@@ -237,7 +249,8 @@ class Trainer:
                 epoch_start = time.perf_counter()
                 mid_epoch = epoch == first_epoch and self.resume_batch > 0
                 if not mid_epoch:  # a mid-epoch resume restored the RNG state of the interruption
-                    torch.manual_seed(derive_seed(self.recipe.seed, "epoch", epoch))
+                    rank = (self.dist.rank,) if self.dist.enabled else ()  # own attack starts per rank
+                    torch.manual_seed(derive_seed(self.recipe.seed, "epoch", epoch, *rank))
                 phase = epoch_phase(schedule, epoch, selector_name)
                 selection = self.partial.get("selection") if mid_epoch else None
                 if phase == "coreset" and not mid_epoch and selection_due(schedule, epoch, self.coreset):
@@ -255,13 +268,17 @@ class Trainer:
                 record["lr"] = self.optimizer.param_groups[0]["lr"]
                 record["coreset_size"] = None if phase != "coreset" else int(len(self.coreset.indices))
                 record["selection"] = selection
-                if self._eval_due(epoch):
+                if self._eval_due(epoch) and self.dist.is_main:
                     eval_start = time.perf_counter()
                     last_val = self.validate().summary()
                     record["eval_time"] = time.perf_counter() - eval_start
                     record["val"] = last_val
                     self._track_best(last_val, epoch)
-                collapsed = self._overfit_check(record) if phase != "skip" else False
+                collapsed = self._overfit_check(record) if phase != "skip" and self.dist.is_main else False
+                if self.dist.enabled:  # every rank stops together
+                    flag = torch.tensor([float(collapsed)], device=self.device)
+                    collapsed = bool(distributed.broadcast_tensor(self.dist, flag, dtype=torch.float32,
+                                                                  device=self.device)[0] > 0)
                 record["epoch_time"] = time.perf_counter() - epoch_start
                 self._write_metrics(record)
                 if collapsed:
@@ -269,13 +286,14 @@ class Trainer:
                     break
                 self._save_checkpoints(epoch, record)
                 self.reporter.epoch_end(epoch, record)
-                if self._stop_signal is not None:  # arrived outside a training step: epoch is saved
+                if self._stop_everywhere():  # a signal arrived outside a training step: the epoch is saved
                     raise TrainingInterrupted(self._interrupt_message(epoch + 1, None))
         finally:
             self.reporter.stop()
             self._restore_signal_handlers(previous_handlers)
         test = None
-        if self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and first_epoch < schedule.epochs:
+        if (self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and first_epoch < schedule.epochs
+                and self.dist.is_main):
             test = self.evaluate_split(self.data.test)
         epochs_run = sum(1 for m in self.metrics if m["epoch"] >= first_epoch)
         return RunResult(self.out_dir, epochs_run, time.perf_counter() - start,
@@ -314,7 +332,7 @@ class Trainer:
         for b, (x, y, idx) in enumerate(iterate_batches(
                 self.data.train, indices, self.data.batch_size, shuffle=True, generator=gen,
                 augment=self.data.augment, padding=self.data.padding, device=self.device,
-                num_workers=self.data.num_workers)):
+                num_workers=self.data.num_workers, shard=(self.dist.rank, self.dist.world))):
             if b >= batches:
                 break
             if b < start_batch:  # trained before the interruption
@@ -328,8 +346,10 @@ class Trainer:
                 with autocast(self.device, self.amp_dtype):
                     out = self.objective.loss(self.train_model, x, y)
                 batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device)]
-                loss = weighted_mean(out.losses.float(), batch_weights)
-                if not torch.isfinite(loss):
+                correct = (out.logits.detach().argmax(1) == y).sum()
+                loss, loss_value, correct, count = self._global_loss(out.losses.float(), batch_weights, correct,
+                                                                     len(y))
+                if not math.isfinite(loss_value):
                     self._diverged(epoch, b, "loss", so_far)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
@@ -349,18 +369,46 @@ class Trainer:
             else:
                 self.optimizer.step()
             self.step += 1
-            loss_value = float(loss.detach())
-            correct = int((out.logits.detach().argmax(1) == y).sum())
-            total_loss += loss_value * len(y)
+            total_loss += loss_value * count
             total_correct += correct
-            seen += len(y)
-            self.reporter.batch(loss_value, correct / len(y))
-            if self._stop_signal is not None:
+            seen += count
+            self.reporter.batch(loss_value, correct / max(count, 1))
+            if self._stop_requested:
                 path = self._save_in_epoch(epoch, b + 1, {"loss_sum": total_loss, "correct": total_correct,
                                                           "seen": seen, "selection": partial.get("selection")})
                 raise TrainingInterrupted(self._interrupt_message(epoch, b + 1, path))
         return {"train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
                 "samples": seen}
+
+    def _global_loss(self, losses: Tensor, weights: Tensor | None, correct: Tensor,
+                     count: int) -> tuple[Tensor, float, int, int]:
+        """The loss to back-propagate plus the batch's (global) loss value, correct count and size.
+
+        Data parallel: each rank holds a slice of the global batch; scaling the local Σγℓ by
+        world/Σ_global γ makes DDP's gradient average equal the gradient of Σγℓ/Σγ over the
+        whole global batch. One all-reduce per step also carries the stop request and the stats.
+        """
+        if not self.dist.enabled:
+            loss = weighted_mean(losses, weights)
+            return loss, float(loss.detach()), int(correct), count
+        w = torch.ones_like(losses) if weights is None else weights.to(losses.dtype)
+        local = (w * losses).sum()
+        stats = torch.stack([w.sum().detach(), local.detach(), correct.float(),
+                             torch.tensor(float(count), device=losses.device),
+                             torch.tensor(float(self._stop_signal is not None), device=losses.device)])
+        distributed.all_reduce_sum(self.dist, stats)
+        self._stop_any = bool(stats[4] > 0)
+        loss = local * self.dist.world / stats[0]
+        return loss, float(stats[1] / stats[0]), int(stats[2]), int(stats[3])
+
+    def _stop_everywhere(self) -> bool:
+        """Did any rank get SIGINT/SIGTERM? (one all-reduce when data parallel)."""
+        flag = torch.tensor([float(self._stop_signal is not None or self._stop_any)], device=self.device)
+        return bool(distributed.all_reduce_sum(self.dist, flag)[0] > 0)
+
+    @property
+    def _stop_requested(self) -> bool:
+        return self._stop_any if self.dist.enabled else self._stop_signal is not None
 
     def _diverged(self, epoch: int, batch: int, what: str, so_far: dict[str, Any]) -> None:
         """Keep the last finite state (this batch's start, else the last checkpoint), then stop with a hint."""
@@ -423,7 +471,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derive_seed(self.recipe.seed, "select-attack", epoch))
             result = select_coreset(self.model, self.objective, selector, self.data, seed=self.recipe.seed,
-                                    epoch=epoch, device=self.device, amp_dtype=self.amp_dtype)
+                                    epoch=epoch, device=self.device, amp_dtype=self.amp_dtype, ctx=self.dist)
         self.coreset = Coreset(result.indices, result.weights, epoch)
         self._write_coreset(epoch, result.labels)
         info = result.timing()
@@ -435,6 +483,8 @@ class Trainer:
 
     def _write_coreset(self, epoch: int, labels: Tensor) -> None:
         assert self.coreset is not None
+        if not self.dist.is_main:
+            return
         path = self.out_dir / "coreset" / f"epoch_{epoch:03d}.npz"
         arrays = {"indices": self.coreset.indices.numpy(), "weights": self.coreset.weights.numpy(),
                   "labels": labels[self.coreset.indices].numpy(), "epoch": np.array(epoch)}
@@ -444,6 +494,10 @@ class Trainer:
                 np.savez(handle, **arrays)
 
         ckpt_io.write_atomically(path, write)
+
+    def close(self) -> None:
+        """Leave the process group (data-parallel runs)."""
+        distributed.shutdown(self.dist)
 
     # ------------------------------------------------ catastrophic overfitting
     def _overfit_check(self, record: dict[str, Any]) -> bool:
@@ -503,10 +557,14 @@ class Trainer:
     # ---------------------------------------------------------------- output
     def _write_metrics(self, record: dict[str, Any]) -> None:
         self.metrics.append(record)
+        if not self.dist.is_main:
+            return
         with open(self.out_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def _save_checkpoints(self, epoch: int, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         state = self.state()
         ckpt_io.save(self.out_dir / "last.safetensors", state, kind="last")
         if getattr(self, "_new_best", False):
