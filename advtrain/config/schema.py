@@ -45,6 +45,8 @@ class TrainConfig:
     max_steps_per_epoch: int | None = param(None, gt=0, help="cap batches per epoch (smoke tests)")
     grad_clip_value: float | None = param(None, gt=0, help="clip gradient values (PAT uses 1.0)")
     compile: bool = param(False, help="wrap the model in torch.compile (CUDA)")
+    data_on_device: bool = param(True, help="on CUDA, keep in-memory datasets on the GPU as uint8 and augment "
+                                            "there (no per-batch host→device copies)")
     log_every: int = param(10, ge=1, help="refresh the progress line every N batches")
     overfit_guard: bool = param(
         False, help="Fast-AT catastrophic-overfitting guard: PGD on a fixed training batch after each "

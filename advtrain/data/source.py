@@ -52,6 +52,13 @@ class ArraySource(Dataset):
         indices = indices.long().cpu()
         return ArraySource(self.images[indices], self.labels[indices])
 
+    def to_device(self, device: torch.device | str) -> ArraySource:
+        """The same images resident on ``device`` (still uint8): a batch is then one on-device gather.
+
+        Labels stay on the CPU, where the bookkeeping indices live.
+        """
+        return ArraySource(self.images.to(device), self.labels)
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 

@@ -133,6 +133,8 @@ class Trainer:
         seed_everything(recipe.seed)
         self.data = build.build_data(recipe)
         build.check_selector_fits(recipe, self.data)
+        if self.device.type == "cuda" and recipe.train.data_on_device:
+            self.data = build.move_data_to_device(self.data, self.device)
         self.model = build.build_model_for(recipe, self.data).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -76,3 +76,17 @@ def check_selector_fits(recipe: Recipe, data: Any) -> None:
             f"selector.batch_size {size} is larger than class {c} ({n} training samples): per-class "
             f"batch-wise selection needs at least one full batch per class; lower selector.batch_size "
             f"(it defaults to data.batch_size) or set selector.per_class=false"], source=recipe.source)
+
+
+def move_data_to_device(data: Any, device: torch.device, max_bytes: int = 8 * 2**30) -> Any:
+    """Keep in-memory splits on the GPU (uint8) when they fit in ``max_bytes``; folders stay on disk."""
+    import dataclasses
+
+    from advtrain.data import ArraySource
+
+    moved = {}
+    for split in ("train", "val", "test"):
+        source = getattr(data, split)
+        if isinstance(source, ArraySource) and source.images.numel() <= max_bytes:
+            moved[split] = source.to_device(device)
+    return dataclasses.replace(data, **moved) if moved else data

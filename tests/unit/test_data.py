@@ -338,3 +338,12 @@ def test_real_cifar10_subset_through_path(tmp_path) -> None:
     # JPEG q75 stays within a few grey levels of the exact pixels, in the same layout (C×H×W from H×W×C).
     ours = data.train.images[torch.from_numpy(exact["train_index"][:4].astype(np.int64))].permute(0, 2, 3, 1)
     assert np.abs(ours.numpy().astype(int) - exact["train_x"][:4].astype(int)).mean() < 6
+
+
+def test_array_source_to_device_keeps_content():
+    images = torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8)
+    source = ArraySource(images, torch.arange(6))
+    moved = source.to_device("cpu")
+    idx = torch.tensor([5, 0, 2])
+    assert torch.equal(moved.load(idx), source.load(idx))
+    assert torch.equal(moved.labels, source.labels)
