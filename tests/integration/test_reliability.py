@@ -143,3 +143,26 @@ def test_newer_format_and_foreign_safetensors_are_refused(tmp_path):
     torch.save({"w": torch.ones(2)}, pickle_file)
     with pytest.raises(UserError, match="never unpickles"):
         ckpt_io.load(pickle_file)
+
+
+def test_cuda_oom_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_path, tiny_recipe, monkeypatch):
+    from advtrain.config.load import load_recipe
+    from advtrain.train.loop import Trainer
+    from advtrain.ui.console import SilentReporter
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(str(tiny_recipe), ["schedule.epochs=2", "train.max_steps_per_epoch=2"])
+    trainer = Trainer(recipe, SilentReporter())
+    real_loss, calls = trainer.objective.loss, []
+
+    def loss_then_oom(model, x, y):
+        calls.append(1)
+        if len(calls) > 2:  # epoch 1 trains (2 steps), epoch 2 runs out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_loss(model, x, y)
+
+    monkeypatch.setattr(trainer.objective, "loss", loss_then_oom)
+    with pytest.raises(UserError, match="smaller data.batch_size") as info:
+        trainer.fit()
+    assert "epoch 2" in str(info.value) and "is kept" in str(info.value)
+    assert load_file(str(tmp_path / "runs/tiny/last.safetensors"))
