@@ -59,12 +59,7 @@ def load_model_from_checkpoint(path: Path, data_overrides: list[str],
         recipe = validate(apply_overrides(recipe.resolved, extra), source=f"{path} (stored recipe + --data)")
     data = build.build_data(recipe)
     model = build.build_model_for(recipe, data)
-    ckpt_io.check_model_matches(ckpt, model.model_name, data.num_classes)
-    try:
-        model.load_state_dict(ckpt.section("model"))
-    except RuntimeError as err:
-        raise ckpt_io.CheckpointError(f"checkpoint '{path}' does not fit model '{model.model_name}': "
-                                      f"{str(err).splitlines()[0]}") from None
+    ckpt_io.load_model_weights(ckpt, model)
     return ckpt, recipe, data, model.to(device).eval()
 
 

@@ -228,3 +228,13 @@ def check_model_matches(ckpt: Checkpoint, model_name: str, num_classes: int) -> 
             f"checkpoint '{ckpt.path}' holds model '{theirs[0]}' with {theirs[1]} classes, but the "
             f"recipe builds '{model_name}' with {num_classes} classes. Use a checkpoint of the same "
             f"model, or change model.name/num_classes to match it.")
+
+
+def load_model_weights(ckpt: Checkpoint, model: torch.nn.Module) -> None:
+    """Check the architecture and load the checkpoint's weights into ``model``, or explain why not."""
+    check_model_matches(ckpt, model.model_name, model.num_classes)
+    try:
+        model.load_state_dict(ckpt.section("model"))
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint '{ckpt.path}' does not fit model '{model.model_name}': "
+                              f"{str(err).splitlines()[0]}") from None

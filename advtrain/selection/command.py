@@ -28,12 +28,7 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
     epoch = 0
     if checkpoint is not None:
         ckpt = ckpt_io.load(checkpoint)
-        ckpt_io.check_model_matches(ckpt, model.model_name, data.num_classes)
-        try:
-            model.load_state_dict(ckpt.section("model"))
-        except RuntimeError as err:
-            raise ckpt_io.CheckpointError(f"checkpoint '{checkpoint}' does not fit the model: "
-                                          f"{str(err).splitlines()[0]}") from None
+        ckpt_io.load_model_weights(ckpt, model)
         epoch = int(ckpt.meta.get("epoch", 0))
     model = model.to(dev)
     selector = recipe.components["selector"]

@@ -194,18 +194,14 @@ class Trainer:
     def load(self, path: Path, *, force: bool) -> None:
         """Continue from a checkpoint of this same recipe (model, optimizer, coreset, epoch)."""
         ckpt = ckpt_io.load(path)
-        ckpt_io.check_model_matches(ckpt, self.model.model_name, self.data.num_classes)
+        ckpt_io.check_model_matches(ckpt, self.model.model_name, self.data.num_classes)  # before the recipe diff
         old = yaml.safe_load(ckpt.recipe_yaml) or {}
         diffs = recipe_differences(old, self.recipe.resolved)
         if diffs and not force:
             raise CheckpointError(
                 f"the recipe differs from the one checkpoint '{path}' was trained with:\n  "
                 + "\n  ".join(diffs) + "\nResume with the same recipe, or pass --force to continue anyway.")
-        try:
-            self.model.load_state_dict(ckpt.section("model"))
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint '{path}' does not fit the model: "
-                                  f"{str(err).splitlines()[0]}") from None
+        ckpt_io.load_model_weights(ckpt, self.model)
         optim_state = ckpt_io.optimizer_state(ckpt)
         if optim_state is not None:
             self.optimizer.load_state_dict(optim_state)
@@ -531,8 +527,7 @@ class Trainer:
             f"Lower attack.alpha (e.g. 1.0·ε) or ε, or use PGD training.")
         self.stopped_early = True
         if last.exists():
-            ckpt = ckpt_io.load(last)
-            self.model.load_state_dict(ckpt.section("model"))
+            ckpt_io.load_model_weights(ckpt_io.load(last), self.model)
 
     # ------------------------------------------------------------ evaluation
     def _eval_due(self, epoch: int) -> bool:
