@@ -166,3 +166,34 @@ def test_cuda_oom_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_path, ti
         trainer.fit()
     assert "epoch 2" in str(info.value) and "is kept" in str(info.value)
     assert load_file(str(tmp_path / "runs/tiny/last.safetensors"))
+
+
+def test_catastrophic_overfitting_guard_stops_and_reverts(tmp_path, tiny_recipe, monkeypatch):
+    from advtrain.config.load import load_recipe
+    from advtrain.eval.robust import AttackResult, EvalResult
+    from advtrain.train import loop
+    from advtrain.ui.console import SilentReporter
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(str(tiny_recipe), ["schedule.epochs=4", "train.max_steps_per_epoch=2", "attack=fgsm",
+                                            "train.overfit_guard=true", "eval.every=0"])
+    probes = iter([0.8, 0.75, 0.1, 0.1])  # PGD-5 accuracy on the fixed batch collapses at epoch 3
+    real_evaluate = loop.evaluate
+
+    def fake_evaluate(model, source, attacks, **kwargs):
+        if attacks and attacks[0].name == "pgd5":
+            acc = next(probes)
+            return EvalResult(8, 1.0, [], [AttackResult("pgd5", "", acc, [], 0.0, torch.ones(8, dtype=torch.bool))],
+                              acc, 0.0)
+        return real_evaluate(model, source, attacks, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    trainer = loop.Trainer(recipe, SilentReporter())
+    result = trainer.fit()
+    assert trainer.stopped_early and result.epochs_run == 3
+    saved = _model(tmp_path / "runs/tiny/last.safetensors")  # still the epoch-2 checkpoint
+    current = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+    for key, value in saved.items():
+        assert torch.equal(value, current[key]), key
+    lines = [json.loads(x) for x in (tmp_path / "runs/tiny/metrics.jsonl").read_text().splitlines()]
+    assert [m["overfit_probe_pgd5"] for m in lines] == [0.8, 0.75, 0.1]
