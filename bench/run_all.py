@@ -14,6 +14,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 QUICK = [
+    ["throughput.py"],
+    ["peer_baseline.py"],
+    ["solvers.py"],
     ["coreset_compare.py", "--dataset", "digits", "--epochs", "10",
      "--methods", "full:None,craig:0.5,gradmatch:0.5,random:0.5", "--tag", "quick"],
 ]
