@@ -310,9 +310,15 @@ def _check_component(section: str, spec: Any, problems: list[str]) -> Component 
         return Component(str(name), None)
     before = len(problems)
     params = check_params(entry.params, values, section, f"{section} '{name}'", problems)
-    stale = [p for p in problems[before:] if "not a parameter" in p]
-    if stale and name != default:
-        problems[-1] += f" — to switch {section} and start from its defaults, use '{section}={name}'"
+    # A key that belongs to another component of this kind is most likely left over from switching
+    # `name` alone: point at the override that swaps the whole section.
+    others = {f.name for e in registry.entries() if e.name != name and e.params for f in dataclasses.fields(e.params)}
+    own = {f.name for f in dataclasses.fields(entry.params)}
+    for i in range(before, len(problems)):
+        key = problems[i].split(":", 1)[0].split(".", 1)[-1]
+        if "not a parameter" in problems[i] and key in others - own:
+            problems[i] += f" (it belongs to another {section}); to switch {section} and start from its " \
+                           f"defaults, use '{section}={name}'"
     return Component(str(name), params)
 
 

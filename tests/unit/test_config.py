@@ -115,3 +115,10 @@ def test_shipped_recipes_exist():
 def test_apply_overrides_creates_nested_sections():
     out = apply_overrides({"name": "x"}, ["eval.attacks=[pgd20,aa]"])
     assert out["eval"]["attacks"] == ["pgd20", "aa"]
+
+
+def test_switch_hint_only_for_keys_of_another_component():
+    with pytest.raises(RecipeError) as info:
+        load_recipe(str(ASSETS / "tiny.yaml"), ["attack.setps=3"])
+    assert "did you mean 'steps'" in str(info.value)
+    assert "attack=pgd" not in str(info.value)  # a typo, not a leftover from another attack
