@@ -228,13 +228,15 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, *, resume: Path | None = None, force: bool = False, overwrite: bool = False) -> RunResult:
         start = time.perf_counter()
-        check_output_dir(self.out_dir, resume is not None, overwrite)
+        if self.dist.is_main:
+            check_output_dir(self.out_dir, resume is not None, overwrite)
         if resume is not None:
             self.load(resume, force=force)
             self.reporter.message(f"resumed from {resume} at epoch {self.epoch + 1}")
-        elif overwrite:
+        elif overwrite and self.dist.is_main:
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (self.out_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
+        if self.dist.is_main:
+            (self.out_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
         schedule = self.recipe.schedule
         selector_name = self.recipe.components["selector"].name
         first_epoch = self.epoch
