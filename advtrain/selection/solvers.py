@@ -46,9 +46,13 @@ class _Distances:
                                                     x, self.sq) for s in range(0, self.n, self.chunk_size)])
 
     def column(self, j: int) -> Tensor:
+        return self.columns([j])[:, 0]
+
+    def columns(self, js: list[int]) -> Tensor:
+        """Distance columns d(:, js) as an (n, len(js)) block."""
         if self.dense is not None:
-            return self.dense[:, j]
-        return _distance_block(self.x, self.sq, self.x[j:j + 1], self.sq[j:j + 1])[:, 0]
+            return self.dense[js].T  # symmetric: contiguous rows instead of strided columns
+        return _distance_block(self.x, self.sq, self.x[js], self.sq[js])
 
     def initial_gains(self) -> tuple[Tensor, float]:
         """Gain of every candidate against the empty set, and the largest distance C.
@@ -67,7 +71,7 @@ class _Distances:
 
 
 def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
-                      max_dense_elems: int = 25_000_000) -> tuple[Tensor, Tensor]:
+                      max_dense_elems: int = 25_000_000, lazy_batch: int = 8) -> tuple[Tensor, Tensor]:
     """CRAIG: lazy-greedy facility location on −squared distances.
 
     Args:
@@ -76,6 +80,8 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
         chunk_size: Rows per distance block.
         max_dense_elems: Build the n×n distance matrix only when n² is at most this; otherwise
             distance columns are recomputed on demand (O(nD) each) and memory stays O(n·chunk).
+        lazy_batch: Stale upper bounds refreshed together per step of the lazy greedy (the result
+            is the exact greedy sequence for any value; larger batches trade work for fewer steps).
 
     Returns:
         ``(indices, weights)``: selected rows in greedy order and, for each, the number of rows
@@ -95,16 +101,25 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
     heap = [(-g, j) for j, g in enumerate(gains.tolist())]
     heapq.heapify(heap)
     selected: list[int] = []
-    fresh_round = {j: 0 for j in range(n)}  # round in which each bound was last recomputed
+    fresh_round = [0] * n  # round in which each bound was last recomputed
     while len(selected) < budget and heap:
-        neg_bound, j = heapq.heappop(heap)
-        if fresh_round[j] == len(selected):
+        if fresh_round[heap[0][1]] == len(selected):
+            # The top bound is exact for this round and bounds every other gain: the greedy pick.
+            _, j = heapq.heappop(heap)
             selected.append(j)
             torch.minimum(cur, dist.column(j), out=cur)
             continue
-        gain = float((cur - dist.column(j)).clamp_min(0).sum())
-        fresh_round[j] = len(selected)
-        heapq.heappush(heap, (-gain, j))
+        # Refresh the stale bounds at the top of the heap together, in one matrix operation.
+        batch = [heapq.heappop(heap) for _ in range(min(lazy_batch, len(heap)))]
+        stale = [j for _, j in batch if fresh_round[j] != len(selected)]
+        fresh_gains = (cur[:, None] - dist.columns(stale)).clamp_min(0).sum(dim=0).tolist()
+        refreshed = dict(zip(stale, fresh_gains, strict=True))
+        for neg_bound, j in batch:
+            if j in refreshed:
+                fresh_round[j] = len(selected)
+                heapq.heappush(heap, (-refreshed[j], j))
+            else:
+                heapq.heappush(heap, (neg_bound, j))
     idx = torch.tensor(selected, dtype=torch.long, device=device)
     return idx, _nearest_counts(dist, idx).to(features.dtype)
 
