@@ -50,3 +50,13 @@ def test_eval_missing_checkpoint(cli):
 def test_eval_bad_eps(cli, tiny_checkpoint):
     code, out = cli("eval", tiny_checkpoint, "--attack", "pgd5", "--eps", "8/0")
     assert code == 2 and "divides by zero" in out
+
+
+def test_eval_data_override_and_val_split(cli, tiny_checkpoint, tmp_path):
+    code, out = cli("eval", tiny_checkpoint, "--attack", "clean", "--split", "val", "--data", "val_fraction=0.5",
+                    "--n-examples", "1000")
+    assert code == 0, out
+    report = json.loads((tmp_path / "runs/tiny/eval/report.json").read_text())
+    assert report["split"] == "val" and report["n_examples"] == 48  # half of the 96 synthetic images
+    code, out = cli("eval", tiny_checkpoint, "--attack", "clean", "--data", "name=cifar10")
+    assert code == 2 and "Traceback" not in out
