@@ -29,3 +29,8 @@ __all__ = [
     "pgd",
     "resolve_eval_attack",
 ]
+
+# Perceptual attacks live in their own package; registering them here keeps one attack registry.
+from advtrain.perceptual.fast_lpa import FastLPAParams, fast_lpa  # noqa: E402
+
+ATTACKS.add("fast_lpa", fast_lpa, FastLPAParams)

@@ -8,11 +8,13 @@ from advtrain.objectives.objectives import (
     TradesObjective,
     TradesParams,
 )
+from advtrain.objectives.perceptual import PerceptualObjective
 from advtrain.registry import Registry
 
 OBJECTIVES = Registry("objective")
 OBJECTIVES.add("clean", CleanObjective)
 OBJECTIVES.add("adversarial", AdversarialObjective)
 OBJECTIVES.add("trades", TradesObjective, TradesParams)
+OBJECTIVES.add("perceptual", PerceptualObjective)
 
 __all__ = ["OBJECTIVES", "LossOutput", "weighted_mean"]

@@ -1,11 +1,24 @@
 """Selectors: gradient features + labels + budget → weighted coreset (``selector.name``).
 
+The budget is k = max(1, round(fraction·n)) samples (Python's ``round``: halves go to the even
+integer). Per-class selection splits k over the classes in proportion to their sizes
+(:func:`class_budgets`) and runs the solver inside each class.
+
 The solvers work on whichever candidates the granularity gives them: single samples, or (the
-paper's batch-wise default) the mean gradients of mini-batches from a fresh random partition of the
-training set, drawn at every selection. Per-class selection runs the solver inside each class with
-budgets proportional to class sizes. Weights are on one scale everywhere: roughly the number of
-training samples each selected sample stands for, so Σγ ≈ n and the weighted loss Σγℓ/Σγ of a
-mixed mini-batch weighs samples consistently.
+paper's batch-wise default) the mean gradients of the mini-batches of a fresh random partition of
+each group, drawn from the generator at every selection (the last batch of a group may be short).
+A batch-wise solver chooses ceil(k_group / batch_size) batches, and every member of a chosen batch
+is selected, so a batch-wise coreset holds whole batches: between k and k + batch_size − 1 samples
+per group (fewer only if a short last batch is among them).
+
+Weights are on one scale everywhere: about the number of training samples each selected sample
+stands for, so Σγ ≈ n and the weighted loss Σγℓ/Σγ of a mixed mini-batch weighs samples
+consistently. CRAIG: a pick's weight is the number of samples it represents (a batch represents
+the samples of every batch nearest to it), shared equally by its members, so Σγ = n exactly.
+GradMatch: OMP matches the candidates to the group's gradient sum divided by the batch size
+(= the sum of the batch means when all batches are full, the paper's target; exact otherwise), so
+a batch coefficient w_b times the batch size is the number of samples the batch stands for, and
+each member gets B·w_b/|b|.
 """
 
 from __future__ import annotations
@@ -20,16 +33,35 @@ from torch import Tensor
 
 from advtrain.config.params import param
 from advtrain.registry import Registry
-from advtrain.selection.solvers import facility_location, orthogonal_matching_pursuit
+from advtrain.selection.solvers import facility_location, full_subset, orthogonal_matching_pursuit, random_subset
 
 SELECTORS = Registry("selector")
 
-Solver = Callable[[Tensor, int, torch.Generator], tuple[Tensor, Tensor]]
+
+@dataclass
+class Candidates:
+    """What a solver sees for one group (a class, or the whole set).
+
+    Attributes:
+        features: (m, D) per-sample gradients, or the mean gradient of each candidate batch.
+        sizes: (m,) number of samples in each candidate (all 1 at sample granularity).
+        target: (D,) float64 Σ of the group's per-sample gradients divided by ``batch_size``.
+        batch_size: nominal candidate size B (1 at sample granularity).
+    """
+
+    features: Tensor
+    sizes: Tensor
+    target: Tensor
+    batch_size: int
+
+
+# (candidates, budget in candidates, generator) → (candidate positions, weight of each pick in samples)
+Solver = Callable[[Candidates, int, torch.Generator], tuple[Tensor, Tensor]]
 
 
 @dataclass
 class Selection:
-    """Selected sample indices (ascending, unique) and their weights (> 0)."""
+    """Selected sample indices (ascending, unique, CPU int64) and their weights (float32, > 0)."""
 
     indices: Tensor
     weights: Tensor
@@ -91,52 +123,75 @@ def class_budgets(counts: list[int], budget: int) -> list[int]:
     return out
 
 
-def _solve_group(rows: Tensor, features: Tensor, budget: int, solver: Solver, granularity: str,
-                 batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Select within one group of sample ``rows``; returns (sample indices, per-sample weights)."""
-    if budget <= 0 or len(rows) == 0:
-        return rows[:0], torch.zeros(0)
-    if granularity == "sample":
-        idx, w = solver(features[rows.to(features.device)], budget, generator)
-        return rows[idx.cpu()], w.float().cpu()
-    perm = rows[torch.randperm(len(rows), generator=generator)]
-    batches = list(perm.split(batch_size))
-    owner = torch.repeat_interleave(torch.arange(len(batches)), torch.tensor([len(b) for b in batches]))
-    sums = torch.zeros(len(batches), features.shape[1], dtype=features.dtype, device=features.device)
-    sums.index_add_(0, owner.to(features.device), features[perm.to(features.device)])
-    sizes = torch.tensor([len(b) for b in batches], dtype=features.dtype, device=features.device)
-    means = sums / sizes[:, None]
-    n_batches = min(len(batches), math.ceil(budget / batch_size))
-    idx, w = solver(means, n_batches, generator)
-    picked, weights = [], []
-    for slot, b in enumerate(idx.cpu().tolist()):
-        members = batches[b]
-        picked.append(members)
-        # Σ_i g_i ≈ B·Σ_b w_b·mean_b = Σ_{i∈b} (B·w_b/|b|)·g_i: per-sample weight on the sample scale.
-        weights.append(torch.full((len(members),), float(w[slot]) * batch_size / len(members)))
-    if not picked:
-        return rows[:0], torch.zeros(0)
-    return torch.cat(picked), torch.cat(weights)
+def _candidates(rows: Tensor, features: Tensor, granularity: str, batch_size: int, whole: bool,
+                generator: torch.Generator) -> tuple[Tensor, Candidates]:
+    """Candidates of one group, and the group's sample indices ordered candidate by candidate.
 
-
-def _fill(chosen: Tensor, weights: Tensor, rows: Tensor, budget: int,
-          generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Top up a short selection with random unselected rows of the group.
-
-    OMP may stop early (residual matched, or no positively correlated atom left). Filling keeps
-    the coreset size — and so the cost of a coreset epoch — what the recipe asked for. Fill samples
-    get the mean weight of the solver's picks (1 if none), so they neither dominate nor vanish in
-    Σγℓ/Σγ.
+    Batch-wise: a fresh random partition ``rows[randperm(len(rows))]`` cut into consecutive
+    batches of ``batch_size`` (the last one may be short); candidate b is the mean of its members.
     """
-    missing = budget - len(chosen)
-    if missing <= 0:
-        return chosen, weights
-    mask = torch.ones(int(rows.max()) + 1 if len(rows) else 0, dtype=torch.bool)
-    mask[chosen] = False
-    free = rows[mask[rows]]
-    extra = free[torch.randperm(len(free), generator=generator)[:missing]]
-    fill_weight = float(weights.mean()) if len(weights) else 1.0
-    return torch.cat([chosen, extra]), torch.cat([weights, torch.full((len(extra),), fill_weight)])
+    device = features.device
+    if granularity == "sample":
+        feats = features if whole else features[rows.to(device)]
+        sizes = torch.ones(len(rows), dtype=torch.long)
+        return rows, Candidates(feats, sizes, feats.sum(dim=0, dtype=torch.float64), 1)
+    order = rows[torch.randperm(len(rows), generator=generator)]
+    n_batches = math.ceil(len(order) / batch_size)
+    sizes = torch.full((n_batches,), batch_size, dtype=torch.long)
+    sizes[-1] = len(order) - batch_size * (n_batches - 1)
+    owner = torch.repeat_interleave(torch.arange(n_batches), sizes).to(device)
+    sums = torch.zeros(n_batches, features.shape[1], dtype=features.dtype, device=device)
+    sums.index_add_(0, owner, features[order.to(device)])
+    means = sums / sizes.to(device=device, dtype=features.dtype)[:, None]
+    target = sums.sum(dim=0, dtype=torch.float64) / batch_size
+    return order, Candidates(means, sizes, target, batch_size)
+
+
+def _fill(picked: Tensor, weights: Tensor, sizes: Tensor, budget: int,
+          generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Top up a short pick with random unpicked candidates until it holds ``budget`` samples.
+
+    OMP may stop early (residual matched, no positively correlated atom left, a rank-deficient
+    group). Filling keeps the coreset size — and so the cost of a coreset epoch — what the recipe
+    asked for. A fill candidate gets the mean per-sample weight of the solver's picks times its
+    size (1 per sample if there are none): on the same scale as the picks, so fill samples neither
+    dominate nor vanish in Σγℓ/Σγ, and they do not claim to represent any particular part of the
+    gradient (the reference fills at weight 1 while OMP weights live on another scale).
+    """
+    have = int(sizes[picked].sum())
+    free = torch.ones(len(sizes), dtype=torch.bool)
+    free[picked] = False
+    free_idx = torch.nonzero(free).flatten()
+    if have >= budget or len(free_idx) == 0:
+        return picked, weights
+    drawn = free_idx[torch.randperm(len(free_idx), generator=generator)]
+    take = min(len(drawn), int(torch.searchsorted(torch.cumsum(sizes[drawn], 0), budget - have)) + 1)
+    extra = drawn[:take]
+    per_sample = float(weights.sum()) / have if have else 1.0
+    return torch.cat([picked, extra]), torch.cat([weights, per_sample * sizes[extra].to(weights.dtype)])
+
+
+def _expand(order: Tensor, sizes: Tensor, picked: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Sample indices of the picked candidates, each sample with an equal share of its candidate's weight."""
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    chosen = torch.zeros(len(sizes), dtype=torch.bool)
+    chosen[picked] = True
+    per_sample = torch.zeros(len(sizes), dtype=torch.float64)
+    per_sample[picked] = weights / sizes[picked].to(torch.float64)
+    keep = chosen[owner]
+    return order[keep], per_sample[owner][keep]
+
+
+def _select_group(rows: Tensor, features: Tensor, budget: int, solver: Solver, granularity: str,
+                  batch_size: int, whole: bool, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Select ``budget`` samples of one group of sample ``rows``: (sample indices, per-sample weights)."""
+    if budget <= 0 or len(rows) == 0:
+        return rows[:0], torch.zeros(0, dtype=torch.float64)
+    order, cands = _candidates(rows, features, granularity, batch_size, whole, generator)
+    n_picks = min(len(cands.sizes), math.ceil(budget / cands.batch_size))
+    picked, weights = solver(cands, n_picks, generator)
+    picked, weights = _fill(picked.cpu().long(), weights.cpu().double(), cands.sizes, budget, generator)
+    return _expand(order, cands.sizes, picked, weights)
 
 
 def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: Tensor, *,
@@ -145,6 +200,8 @@ def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: 
     start = time.perf_counter()
     labels = labels.cpu()
     n = len(labels)
+    if len(features) != n:
+        raise ValueError(f"{len(features)} feature rows for {n} labels")
     budget = max(1, round(params.fraction * n))
     candidate_batch = params.batch_size or batch_size
     if params.per_class:
@@ -153,13 +210,11 @@ def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: 
         budgets = class_budgets([len(g) for g in groups], budget)
     else:
         groups, budgets = [torch.arange(n)], [budget]
-    all_idx, all_w = [], []
-    for rows, k in zip(groups, budgets, strict=True):
-        idx, w = _solve_group(rows, features, k, solver, params.granularity, candidate_batch, generator)
-        idx, w = _fill(idx, w, rows, k, generator)
-        all_idx.append(idx)
-        all_w.append(w)
-    indices, weights = torch.cat(all_idx), torch.cat(all_w)
+    whole = not params.per_class
+    parts = [_select_group(rows, features, k, solver, params.granularity, candidate_batch, whole, generator)
+             for rows, k in zip(groups, budgets, strict=True)]
+    indices = torch.cat([p[0] for p in parts])
+    weights = torch.cat([p[1] for p in parts])
     order = torch.argsort(indices)
     return Selection(indices[order], weights[order].float(), time.perf_counter() - start)
 
@@ -168,8 +223,8 @@ def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: 
 def select_full(params: None, features: Tensor, labels: Tensor, *, generator: torch.Generator,
                 batch_size: int) -> Selection:
     """Every sample, unit weights (plain adversarial training)."""
-    n = len(labels)
-    return Selection(torch.arange(n), torch.ones(n), 0.0)
+    indices, weights = full_subset(len(labels))
+    return Selection(indices, weights, 0.0)
 
 
 @SELECTORS.register("random", RandomParams)
@@ -177,8 +232,9 @@ def select_random(params: RandomParams, features: Tensor, labels: Tensor, *, gen
                   batch_size: int) -> Selection:
     """Uniformly random subset, re-drawn at every selection, unit weights."""
 
-    def solver(x: Tensor, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        return torch.randperm(len(x), generator=gen)[:k].to(x.device), torch.ones(min(k, len(x)))
+    def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx, _ = random_subset(len(c.sizes), k, gen)
+        return idx, c.sizes[idx].double()
 
     selection = select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)
     selection.weights = torch.ones_like(selection.weights)
@@ -190,8 +246,10 @@ def select_craig(params: CraigParams, features: Tensor, labels: Tensor, *, gener
                  batch_size: int) -> Selection:
     """Adversarial CRAIG: facility location on last-layer gradient features."""
 
-    def solver(x: Tensor, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        return facility_location(x, k, chunk_size=params.chunk_size)
+    def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        # Batches count by their size, so a pick's weight is the number of samples it represents.
+        mult = c.sizes if c.batch_size > 1 else None
+        return facility_location(c.features, k, chunk_size=params.chunk_size, sample_weight=mult)
 
     return select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)
 
@@ -201,7 +259,8 @@ def select_gradmatch(params: GradMatchParams, features: Tensor, labels: Tensor, 
                      batch_size: int) -> Selection:
     """Adversarial GradMatch: OMP on last-layer gradient features."""
 
-    def solver(x: Tensor, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        return orthogonal_matching_pursuit(x, k, lam=params.lam)
+    def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx, w = orthogonal_matching_pursuit(c.features, k, lam=params.lam, target=c.target)
+        return idx, w.double() * c.batch_size  # coefficient on the target's scale → samples
 
     return select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)

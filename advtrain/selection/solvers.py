@@ -54,25 +54,37 @@ class _Distances:
             return self.dense[js].T  # symmetric: contiguous rows instead of strided columns
         return _distance_block(self.x, self.sq, self.x[js], self.sq[js])
 
-    def initial_gains(self) -> tuple[Tensor, float]:
+    def initial_gains(self, mult: Tensor | None) -> tuple[Tensor, float]:
         """Gain of every candidate against the empty set, and the largest distance C.
 
-        With similarity s = C − d, F(∅) = 0 and the first gain of j is Σ_i (C − d_ij).
+        With similarity s = C − d, F(∅) = 0 and the first gain of j is Σ_i m_i (C − d_ij).
         """
         col_sums = torch.zeros(self.n, dtype=self.x.dtype, device=self.x.device)
         top = torch.zeros((), dtype=self.x.dtype, device=self.x.device)
         for s in range(0, self.n, self.chunk_size):
             block = self.dense[s:s + self.chunk_size] if self.dense is not None else _distance_block(
                 self.x[s:s + self.chunk_size], self.sq[s:s + self.chunk_size], self.x, self.sq)
-            col_sums += block.sum(dim=0)
+            col_sums += block.sum(dim=0) if mult is None else mult[s:s + self.chunk_size] @ block
             top = torch.maximum(top, block.max())
         c = float(top)
-        return self.n * c - col_sums, c
+        total = self.n if mult is None else float(mult.sum())
+        return total * c - col_sums, c
+
+
+def _gains(cur: Tensor, cols: Tensor, mult: Tensor | None) -> Tensor:
+    """Marginal gains Σ_i m_i·max(0, cur_i − d_ij) of the candidates whose distance columns are given."""
+    slack = (cur[:, None] - cols).clamp_min(0)
+    return slack.sum(dim=0) if mult is None else mult @ slack
 
 
 def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
-                      max_dense_elems: int = 25_000_000, lazy_batch: int = 8) -> tuple[Tensor, Tensor]:
+                      max_dense_elems: int = 25_000_000, lazy_batch: int = 8,
+                      sample_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """CRAIG: lazy-greedy facility location on −squared distances.
+
+    Maximises F(S) = Σ_i m_i·max_{j∈S} (C − d_ij) with d_ij = ‖g_i − g_j‖² and C the largest
+    distance; the greedy sequence does not depend on C, so the work is on distances: each step adds
+    the element that most reduces Σ_i m_i·min_{j∈S} d_ij. Equal gains go to the smallest index.
 
     Args:
         features: (n, D) per-sample (or per-batch) gradients.
@@ -82,21 +94,30 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
             distance columns are recomputed on demand (O(nD) each) and memory stays O(n·chunk).
         lazy_batch: Stale upper bounds refreshed together per step of the lazy greedy (the result
             is the exact greedy sequence for any value; larger batches trade work for fewer steps).
+        sample_weight: Optional (n,) multiplicities m_i (default 1): how many samples row i stands
+            for, e.g. the size of a candidate mini-batch, so a short last batch counts for less.
 
     Returns:
-        ``(indices, weights)``: selected rows in greedy order and, for each, the number of rows
-        whose nearest selected element it is (each selected row represents itself; other ties go
-        to the element selected first), so the weights sum to n.
+        ``(indices, weights)``: selected rows in greedy order and, for each, the total multiplicity
+        of the rows whose nearest selected element it is (each selected row represents itself;
+        other ties go to the element selected first), so the weights sum to Σ m_i (n by default).
     """
     n = len(features)
     device = features.device
     if budget >= n:
-        return torch.arange(n, device=device), torch.ones(n, device=device)
+        ones = torch.ones(n, device=device)
+        return torch.arange(n, device=device), ones if sample_weight is None else sample_weight.to(ones)
     if budget <= 0:
         return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)
     x = features.to(_work_dtype(features))
+    # Distances do not change under translation; centring shrinks the norms in ‖a‖²+‖b‖²−2ab and so
+    # the cancellation error of near-duplicates (it matters in float32 on accelerators).
+    x = x - x.mean(dim=0)
+    mult = None if sample_weight is None else sample_weight.to(device=device, dtype=x.dtype)
+    if mult is not None and (mult.shape != (n,) or bool((mult < 0).any())):
+        raise ValueError(f"sample_weight must be {n} non-negative multiplicities, got shape {tuple(mult.shape)}")
     dist = _Distances(x, chunk_size, max_dense_elems)
-    gains, c = dist.initial_gains()
+    gains, c = dist.initial_gains(mult)
     cur = torch.full((n,), c, dtype=x.dtype, device=device)  # distance to the nearest pick (C = none yet)
     heap = [(-g, j) for j, g in enumerate(gains.tolist())]
     heapq.heapify(heap)
@@ -112,7 +133,7 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
         # Refresh the stale bounds at the top of the heap together, in one matrix operation.
         batch = [heapq.heappop(heap) for _ in range(min(lazy_batch, len(heap)))]
         stale = [j for _, j in batch if fresh_round[j] != len(selected)]
-        fresh_gains = (cur[:, None] - dist.columns(stale)).clamp_min(0).sum(dim=0).tolist()
+        fresh_gains = _gains(cur, dist.columns(stale), mult).tolist()
         refreshed = dict(zip(stale, fresh_gains, strict=True))
         for neg_bound, j in batch:
             if j in refreshed:
@@ -121,11 +142,11 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
             else:
                 heapq.heappush(heap, (neg_bound, j))
     idx = torch.tensor(selected, dtype=torch.long, device=device)
-    return idx, _nearest_counts(dist, idx).to(features.dtype)
+    return idx, _nearest_counts(dist, idx, mult).to(features.dtype)
 
 
-def _nearest_counts(dist: _Distances, idx: Tensor) -> Tensor:
-    """How many rows each selected element represents (itself included)."""
+def _nearest_counts(dist: _Distances, idx: Tensor, mult: Tensor | None) -> Tensor:
+    """Total multiplicity of the rows each selected element represents (itself included)."""
     n, k = dist.n, len(idx)
     best = torch.full((n,), float("inf"), dtype=dist.x.dtype, device=idx.device)
     owner = torch.zeros(n, dtype=torch.long, device=idx.device)
@@ -135,7 +156,8 @@ def _nearest_counts(dist: _Distances, idx: Tensor) -> Tensor:
         best = torch.where(closer, col, best)
         owner = torch.where(closer, torch.full_like(owner, slot), owner)
     owner[idx] = torch.arange(k, device=idx.device)  # a pick always represents itself
-    return torch.bincount(owner, minlength=k).to(torch.float32)
+    counts = torch.bincount(owner, weights=mult, minlength=k)
+    return counts if mult is not None else counts.to(torch.float32)
 
 
 def orthogonal_matching_pursuit(features: Tensor, budget: int, *, lam: float = 0.0, target: Tensor | None = None,
@@ -240,6 +262,11 @@ class _IncrementalRidge:
 
 
 def random_subset(n: int, budget: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """A uniformly random subset with unit weights."""
+    """A uniformly random subset of ``min(budget, n)`` elements (in draw order) with unit weights."""
     idx = torch.randperm(n, generator=generator)[: max(0, min(budget, n))]
     return idx, torch.ones(len(idx))
+
+
+def full_subset(n: int) -> tuple[Tensor, Tensor]:
+    """Every element with unit weight (plain training, and the answer to any budget ≥ n)."""
+    return torch.arange(n), torch.ones(n)

@@ -354,7 +354,7 @@ def test_margin_loss_matches_brute_force():
 
 
 def test_registry_entries():
-    assert ATTACKS.names() == ["fgsm", "pgd"]
+    assert ATTACKS.names() == ["fast_lpa", "fgsm", "pgd"]
     assert ATTACKS.get("pgd").params is PGDParams and ATTACKS.get("fgsm").params is FGSMParams
     p = ATTACKS.get("pgd").default_params()
     assert (p.norm, p.eps, p.alpha, p.steps, p.random_start, p.restarts, p.loss) == \
