@@ -8,13 +8,15 @@ The solvers work on whichever candidates the granularity gives them: single samp
 paper's batch-wise default) the mean gradients of the mini-batches of a fresh random partition of
 each group, drawn from the generator at every selection (the last batch of a group may be short).
 A batch-wise solver chooses ceil(k_group / batch_size) batches, and every member of a chosen batch
-is selected, so a batch-wise coreset holds whole batches: between k and k + batch_size − 1 samples
-per group (fewer only if a short last batch is among them).
+is selected, so a batch-wise coreset holds whole batches: at least k_group samples per group and
+less than one extra batch more (up to a short batch more when the short batch is among the picks).
+A solver that stops short (OMP) is topped up with random unpicked candidates (:func:`_fill`).
 
 Weights are on one scale everywhere: about the number of training samples each selected sample
 stands for, so Σγ ≈ n and the weighted loss Σγℓ/Σγ of a mixed mini-batch weighs samples
-consistently. CRAIG: a pick's weight is the number of samples it represents (a batch represents
-the samples of every batch nearest to it), shared equally by its members, so Σγ = n exactly.
+consistently; a group's total weight is what its solver gave it, also after a fill. CRAIG: a
+pick's weight is the number of samples it represents (a batch represents the samples of every
+batch nearest to it), shared equally by its members, so Σγ = n exactly.
 GradMatch: OMP matches the candidates to the group's gradient sum divided by the batch size
 (= the sum of the batch means when all batches are full, the paper's target; exact otherwise), so
 a batch coefficient w_b times the batch size is the number of samples the batch stands for, and
@@ -153,10 +155,12 @@ def _fill(picked: Tensor, weights: Tensor, sizes: Tensor, budget: int,
 
     OMP may stop early (residual matched, no positively correlated atom left, a rank-deficient
     group). Filling keeps the coreset size — and so the cost of a coreset epoch — what the recipe
-    asked for. A fill candidate gets the mean per-sample weight of the solver's picks times its
-    size (1 per sample if there are none): on the same scale as the picks, so fill samples neither
-    dominate nor vanish in Σγℓ/Σγ, and they do not claim to represent any particular part of the
-    gradient (the reference fills at weight 1 while OMP weights live on another scale).
+    asked for. Fill samples get the mean per-sample weight of the solver's picks, and then the whole
+    group is rescaled so that its total weight stays what the solver gave it (≈ the group's size).
+    The picks keep their relative weights and fill samples sit on the same scale, neither dominating
+    nor vanishing in Σγℓ/Σγ; and a class whose OMP stopped early does not gain weight against the
+    other classes (which weighting fill samples 1, as the reference does, or at the mean weight
+    without rescaling would do). With no pick at all, the fill samples share the group's size.
     """
     have = int(sizes[picked].sum())
     free = torch.ones(len(sizes), dtype=torch.bool)
@@ -167,8 +171,11 @@ def _fill(picked: Tensor, weights: Tensor, sizes: Tensor, budget: int,
     drawn = free_idx[torch.randperm(len(free_idx), generator=generator)]
     take = min(len(drawn), int(torch.searchsorted(torch.cumsum(sizes[drawn], 0), budget - have)) + 1)
     extra = drawn[:take]
-    per_sample = float(weights.sum()) / have if have else 1.0
-    return torch.cat([picked, extra]), torch.cat([weights, per_sample * sizes[extra].to(weights.dtype)])
+    added = int(sizes[extra].sum())
+    mass = float(weights.sum()) if have else float(sizes.sum())  # the group's total weight, kept
+    per_sample = mass / (have + added)
+    weights = torch.cat([weights * (have / (have + added)), per_sample * sizes[extra].to(weights.dtype)])
+    return torch.cat([picked, extra]), weights
 
 
 def _expand(order: Tensor, sizes: Tensor, picked: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:

@@ -4,35 +4,81 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from scipy.optimize import nnls
 
-from advtrain.selection.solvers import facility_location, orthogonal_matching_pursuit
+from advtrain.selection import solvers
+from advtrain.selection.solvers import (
+    facility_location,
+    full_subset,
+    orthogonal_matching_pursuit,
+    random_subset,
+)
 
 
-def _objective(x: torch.Tensor, chosen: list[int]) -> float:
-    """Facility-location value with similarity C − d (C = max pairwise squared distance)."""
+def _objective(x: torch.Tensor, chosen: list[int], mult: torch.Tensor | None = None) -> float:
+    """Facility-location value Σ_i m_i max_{j∈S} (C − d_ij) (C = max pairwise squared distance)."""
     d = torch.cdist(x.double(), x.double()) ** 2
     c = float(d.max())
-    return float((c - d[:, chosen]).max(dim=1).values.sum())
+    m = torch.ones(len(x), dtype=torch.float64) if mult is None else mult.double()
+    return float((m * (c - d[:, chosen]).max(dim=1).values).sum())
 
 
-def _brute_force_greedy(x: torch.Tensor, k: int) -> list[int]:
+def _brute_force_greedy(x: torch.Tensor, k: int, mult: torch.Tensor | None = None) -> list[int]:
+    """Plain greedy: evaluate F for every candidate at every step (ties → smallest index)."""
     chosen: list[int] = []
     for _ in range(k):
         best = max((j for j in range(len(x)) if j not in chosen),
-                   key=lambda j: (round(_objective(x, chosen + [j]), 9), -j))
+                   key=lambda j: (round(_objective(x, chosen + [j], mult), 9), -j))
         chosen.append(best)
     return chosen
+
+
+def _nearest_mass(x: torch.Tensor, chosen: list[int], mult: torch.Tensor | None = None) -> list[float]:
+    """Oracle weights: each point's multiplicity goes to its nearest chosen element (earliest on ties)."""
+    d = torch.cdist(x.double(), x.double()) ** 2
+    m = torch.ones(len(x)) if mult is None else mult
+    out = [0.0] * len(chosen)
+    for i in range(len(x)):
+        slot = chosen.index(i) if i in chosen else min(range(len(chosen)), key=lambda s: (float(d[i, chosen[s]]), s))
+        out[slot] += float(m[i])
+    return out
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_lazy_greedy_equals_brute_force_greedy(seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(12, 3, generator=gen)
-    idx, _ = facility_location(x, 4)
+    idx, w = facility_location(x, 4)
     assert idx.tolist() == _brute_force_greedy(x, 4)
+    assert w.tolist() == _nearest_mass(x, idx.tolist())
+    assert float(w.sum()) == 12
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_weighted_lazy_greedy_equals_brute_force_greedy(seed):
+    # Multiplicities (candidate batch sizes) weigh each point's term in F and its representation.
+    gen = torch.Generator().manual_seed(20 + seed)
+    x = torch.randn(11, 3, generator=gen)
+    mult = torch.randint(1, 6, (11,), generator=gen).float()
+    idx, w = facility_location(x, 4, sample_weight=mult)
+    assert idx.tolist() == _brute_force_greedy(x, 4, mult)
+    assert w.tolist() == pytest.approx(_nearest_mass(x, idx.tolist(), mult))
+    assert float(w.sum()) == pytest.approx(float(mult.sum()))
+    streamed = facility_location(x, 4, sample_weight=mult, chunk_size=3, max_dense_elems=5)
+    assert torch.equal(idx, streamed[0]) and torch.equal(w, streamed[1])
+
+
+def test_multiplicity_changes_the_pick():
+    # Two far-apart points: unweighted the tie goes to index 0; a heavier point 1 wins instead.
+    x = torch.tensor([[0.0], [10.0]])
+    assert facility_location(x, 1)[0].tolist() == [0]
+    idx, w = facility_location(x, 1, sample_weight=torch.tensor([1.0, 3.0]))
+    assert idx.tolist() == [1] and w.tolist() == [4.0]
+    with pytest.raises(ValueError, match="non-negative"):
+        facility_location(x, 1, sample_weight=torch.tensor([1.0, -1.0]))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -62,9 +108,17 @@ def test_weights_count_represented_points_and_duplicates_collapse():
     assert float(w.sum()) == len(x)
 
 
+def test_duplicates_collapse_in_the_on_demand_path():
+    x = torch.cat([torch.tensor([[1.0, 2.0, 3.0]]).repeat(4, 1), torch.tensor([[-5.0, 0.0, 1.0]]).repeat(6, 1)])
+    idx, w = facility_location(x, 2, chunk_size=3, max_dense_elems=1)
+    assert sorted(w.tolist()) == [4.0, 6.0] and idx.tolist() == [4, 0]
+
+
 def test_budget_at_least_n_returns_everything():
     idx, w = facility_location(torch.randn(5, 2), 9)
     assert idx.tolist() == list(range(5)) and w.tolist() == [1.0] * 5
+    _, w = facility_location(torch.randn(3, 2), 3, sample_weight=torch.tensor([2.0, 1.0, 4.0]))
+    assert w.tolist() == [2.0, 1.0, 4.0]  # every element represents only itself
 
 
 def test_omp_matches_nnls_on_an_exactly_representable_target():
@@ -77,6 +131,62 @@ def test_omp_matches_nnls_on_an_exactly_representable_target():
     assert sorted(idx.tolist()) == support == [3, 7]
     got = dict(zip(idx.tolist(), w.tolist(), strict=True))
     assert got[3] == pytest.approx(solution[3], abs=1e-6) and got[7] == pytest.approx(solution[7], abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_omp_matches_nnls_on_random_sparse_nonnegative_targets(seed):
+    gen = torch.Generator().manual_seed(100 + seed)
+    g = torch.randn(15, 40, generator=gen, dtype=torch.float64)
+    support = torch.randperm(15, generator=gen)[:3]
+    coef = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5
+    target = coef @ g[support]
+    idx, w = orthogonal_matching_pursuit(g, 8, target=target)
+    solution, _ = nnls(g.numpy().T, target.numpy())
+    assert sorted(idx.tolist()) == sorted(support.tolist()) == sorted(np.nonzero(solution > 1e-9)[0].tolist())
+    assert w.numpy() == pytest.approx(solution[idx.numpy()], abs=1e-6)
+
+
+def test_omp_prunes_negative_weights_and_keeps_going(monkeypatch):
+    # A case (found by search) where refitting makes an earlier atom negative: it is pruned and
+    # banned, and OMP continues instead of stopping. The result is NNLS on its own support.
+    pruned = []
+    remove = solvers._IncrementalRidge.remove
+    monkeypatch.setattr(solvers._IncrementalRidge, "remove",
+                        lambda self, pos: (pruned.append(self.atoms[pos]), remove(self, pos))[1])
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    target = torch.randn(4, generator=gen, dtype=torch.float64)
+    idx, w = orthogonal_matching_pursuit(g, 4, target=target)
+    assert pruned and not set(pruned) & set(idx.tolist())
+    assert len(idx) == 3 and (w > 0).all()
+    solution, _ = nnls(g[idx].numpy().T, target.numpy())
+    assert w.numpy() == pytest.approx(solution, abs=1e-9)
+
+
+def test_omp_signed_weights_when_nonnegative_is_off():
+    gen = torch.Generator().manual_seed(4)
+    g = torch.randn(10, 30, generator=gen, dtype=torch.float64)
+    idx, w = orthogonal_matching_pursuit(g, 5, target=2.0 * g[3] - 1.5 * g[7], nonnegative=False)
+    assert dict(zip(idx.tolist(), w.tolist(), strict=True)) == pytest.approx({3: 2.0, 7: -1.5}, abs=1e-9)
+
+
+def test_omp_ridge_weights_solve_the_regularised_normal_equations():
+    gen = torch.Generator().manual_seed(5)
+    g = torch.rand(12, 20, generator=gen, dtype=torch.float64)
+    idx, w = orthogonal_matching_pursuit(g, 4, lam=3.0)
+    a = g[idx].numpy()
+    expected = np.linalg.solve(a @ a.T + 3.0 * np.eye(len(idx)), a @ g.sum(0).numpy())
+    assert w.numpy() == pytest.approx(expected, abs=1e-9)
+
+
+def test_random_and_full_subsets():
+    gen = torch.Generator().manual_seed(0)
+    idx, w = random_subset(10, 4, gen)
+    assert len(set(idx.tolist())) == 4 and w.tolist() == [1.0] * 4
+    assert not torch.equal(idx, random_subset(10, 4, gen)[0])  # the generator moves on
+    assert random_subset(3, 8, gen)[0].sort().values.tolist() == [0, 1, 2]
+    idx, w = full_subset(4)
+    assert idx.tolist() == [0, 1, 2, 3] and w.tolist() == [1.0] * 4
 
 
 def test_omp_weights_nonnegative_and_ridge_shrinks():
