@@ -123,10 +123,12 @@ def _print_run_summary(resolved: Any, report: dict, result: Any) -> None:
 def eval_cmd(
     checkpoint: Path | None = typer.Argument(None, help="checkpoint (default: newest runs/*/best.safetensors)"),
     attack: list[str] | None = typer.Option(None, "--attack", "-a", help="attack name, repeatable; "
-                                               "comma lists allowed (clean,fgsm,pgd50,cw50,aa)"),
+                                               "comma lists allowed (clean,pgd50,aa,aa-l2@1,ppgd40,lpa40,"
+                                               "stadv100,recolor100, group: unseen); see advtrain list attacks"),
     n_examples: int = typer.Option(1000, "--n-examples", min=1, help="first N examples of the split"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    eps: str | None = typer.Option(None, "--eps", help="override ε, e.g. 4/255"),
+    eps: str | None = typer.Option(None, "--eps",
+                                   help="override the ℓp ε, e.g. 4/255 (LPIPS/flow/colour bounds: name@bound)"),
     alpha: str | None = typer.Option(None, "--alpha", help="override the step size, e.g. 1/255"),
     steps: int | None = typer.Option(None, "--steps", min=1),
     restarts: int | None = typer.Option(None, "--restarts", min=1),

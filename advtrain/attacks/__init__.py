@@ -10,7 +10,7 @@ from __future__ import annotations
 from advtrain.attacks.fgsm import FGSMParams, fgsm
 from advtrain.attacks.losses import cross_entropy, margin_loss
 from advtrain.attacks.pgd import PGDParams, pgd
-from advtrain.attacks.presets import EvalAttack, list_eval_presets, resolve_eval_attack
+from advtrain.attacks.presets import EvalAttack, list_eval_presets, resolve_eval_attack, resolve_eval_attacks
 from advtrain.registry import Registry
 
 ATTACKS = Registry("attack")
@@ -28,6 +28,7 @@ __all__ = [
     "margin_loss",
     "pgd",
     "resolve_eval_attack",
+    "resolve_eval_attacks",
 ]
 
 # Perceptual attacks live in their own package; registering them here keeps one attack registry.

@@ -74,13 +74,23 @@ class _WorstCase:
         self.fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         self.loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
 
-    def offer(self, x: Tensor, logits: Tensor, loss: Tensor, y: Tensor) -> None:
+    def offer(self, x: Tensor, logits: Tensor, loss: Tensor, y: Tensor, valid: Tensor | None = None,
+              index: Tensor | None = None) -> None:
+        """Keep ``x`` where it beats the current point.
+
+        ``valid`` masks out points outside the threat model; ``index`` says which examples the rows
+        of ``x`` are, for attacks that only keep working on part of the batch (``y`` matches ``x``).
+        """
+        rows = slice(None) if index is None else index
         fooled = logits.argmax(dim=1) != y
         loss = loss.detach().float()
-        better = (fooled & ~self.fooled) | ((fooled == self.fooled) & (loss > self.loss))
-        self.x = torch.where(per_sample_view(better, x), x.detach(), self.x)
-        self.fooled = torch.where(better, fooled, self.fooled)
-        self.loss = torch.where(better, loss, self.loss)
+        held_fooled, held_loss = self.fooled[rows], self.loss[rows]
+        better = (fooled & ~held_fooled) | ((fooled == held_fooled) & (loss > held_loss))
+        if valid is not None:
+            better &= valid
+        self.x[rows] = torch.where(per_sample_view(better, x), x.detach(), self.x[rows])
+        self.fooled[rows] = torch.where(better, fooled, held_fooled)
+        self.loss[rows] = torch.where(better, loss, held_loss)
 
 
 def _single_run(model: nn.Module, x: Tensor, y: Tensor, params: PGDParams, loss_fn: LossFn,

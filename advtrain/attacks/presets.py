@@ -1,10 +1,16 @@
-"""Evaluation attacks behind one name grammar: ``clean``, ``fgsm``, ``pgd<steps>[x<restarts>][-l2]``,
-``cw<steps>``, ``aa``, ``aa-l2``.
+"""Evaluation attacks behind one name grammar.
 
-A name parses into a family (clean | fgsm | pgd | cw | aa), a norm, steps and restarts; the
-field's defaults fill the rest (ℓ∞: ε = 8/255, step 2/255; ℓ2: ε = 0.5, step 2.5·ε/steps;
-random start) and ``--eps/--alpha/--steps/--restarts/--norm`` overrides apply on top. Variants
-are data over four runners, not one class per preset.
+ℓp attacks: ``clean``, ``fgsm``, ``pgd<steps>[x<restarts>][-l2]``, ``cw<steps>``, ``aa``, ``aa-l2``.
+PAT's perceptual and unseen threat models: ``ppgd<steps>[-<net>]``, ``lpa<steps>[-<net>]`` (LPIPS
+ball, net = self | alexnet | vgg | squeeze, default self), ``stadv<steps>`` (spatial flow) and
+``recolor<steps>`` (ReColorAdv colour map). Any name may end in ``@<bound>`` (``aa-l2@1``,
+``ppgd40@0.25``); a group name expands to several attacks: ``unseen`` is PAT's CIFAR-10 set
+(AutoAttack ℓ∞ 8/255, AutoAttack ℓ2 1, StAdv 0.05, ReColorAdv 0.06).
+
+A name parses into a family, a norm, steps, restarts and an optional bound; the field's defaults
+fill the rest (ℓ∞: ε = 8/255, step 2/255; ℓ2: ε = 0.5, step 2.5·ε/steps; random start; LPIPS 0.5;
+flow 0.05; colour 0.06) and ``--eps/--alpha/--steps/--restarts/--norm`` overrides apply on top.
+Variants are data over a few runners, not one class per preset.
 
 PGD and CW presets run :func:`~advtrain.attacks.pgd.pgd` with ``keep_best=True``: per example the
 worst point over all steps and restarts (a misclassified point wins, then the higher loss), so a
@@ -13,21 +19,32 @@ point fooled at some step is never counted as robust.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
 from advtrain.attacks.autoattack import autoattack
 from advtrain.attacks.fgsm import FGSMParams, fgsm
 from advtrain.attacks.pgd import PGDParams, pgd
+from advtrain.config.params import FractionError, parse_number
 from advtrain.errors import UserError, did_you_mean
 
-GRAMMAR = "clean, fgsm, pgd<steps>[x<restarts>][-l2], cw<steps>, aa, aa-l2"
-FAMILIES = ("clean", "fgsm", "pgd", "cw", "aa")
+GRAMMAR = ("clean, fgsm, pgd<steps>[x<restarts>][-l2], cw<steps>, aa, aa-l2, ppgd<steps>[-<net>], "
+           "lpa<steps>[-<net>], stadv<steps>, recolor<steps>, each optionally @<bound>; groups: unseen")
+FAMILIES = ("clean", "fgsm", "pgd", "cw", "aa", "ppgd", "lpa", "stadv", "recolor")
+#: ℓp families: the global eps/alpha/norm overrides apply to these only (other bounds are in other units).
+LP_FAMILIES = ("fgsm", "pgd", "cw", "aa")
+#: The threat metric and default bound of the families that are not ℓp balls (PAT's evaluation).
+OTHER_METRICS = {"ppgd": ("lpips", 0.5), "lpa": ("lpips", 0.5), "stadv": ("flow", 0.05), "recolor": ("color", 0.06)}
+LPIPS_NETS = ("self", "alexnet", "vgg", "squeeze")
+#: Named sets of attacks. ``unseen``: the PAT paper's unseen threat models on CIFAR-10.
+GROUPS = {"unseen": ("aa@8/255", "aa-l2@1", "stadv100@0.05", "recolor100@0.06")}
 LINF_EPS = 8 / 255
 LINF_ALPHA = 2 / 255
 L2_EPS = 0.5
@@ -35,10 +52,13 @@ L2_ALPHA_FACTOR = 2.5  # ℓ2 step = 2.5·ε/steps (Madry et al.)
 
 # Shown by `advtrain list attacks` and used for did-you-mean hints.
 LISTED = ("clean", "fgsm", "pgd20", "pgd50", "pgd100", "pgd50x10", "pgd20-l2", "pgd50-l2", "pgd50x10-l2",
-          "cw50", "cw100", "aa", "aa-l2")
+          "cw50", "cw100", "aa", "aa-l2", "ppgd40", "lpa40", "ppgd40-alexnet", "lpa40-alexnet", "stadv100",
+          "recolor100", *GROUPS)
 
 _PGD_NAME = re.compile(r"pgd(\d+)(?:x(\d+))?(-l2)?")
 _CW_NAME = re.compile(r"cw(\d+)")
+_PERCEPTUAL_NAME = re.compile(r"(ppgd|lpa)(\d+)(?:-(self|alexnet|vgg|squeeze))?")
+_UNSEEN_NAME = re.compile(r"(stadv|recolor)(\d+)")
 
 
 @dataclass(frozen=True)
@@ -47,7 +67,11 @@ class EvalAttack:
 
     ``clean``: no attack (``eps`` 0). ``fgsm``: one step of ε, no random start. ``pgd``/``cw``:
     PGD on cross-entropy / CW margin. ``aa``: AutoAttack standard (parameter-free: no α, steps or
-    restarts).
+    restarts). ``ppgd``/``lpa``: perceptual attacks, ``eps`` is the LPIPS bound, ``network`` the
+    LPIPS feature network, ``alpha`` an explicit LPIPS step length. ``stadv``/``recolor``: ``eps``
+    is the bound on the flow / colour-map displacement. ``group`` names the group the attack came
+    from (reports give the union accuracy per group); ``cache`` keeps an LPIPS backbone loaded
+    across batches.
     """
 
     name: str
@@ -57,6 +81,10 @@ class EvalAttack:
     alpha: float | None
     steps: int | None
     restarts: int | None
+    network: str | None = None
+    eps_text: str | None = field(default=None, compare=False)
+    group: str | None = field(default=None, compare=False)
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> str:
         """One line saying exactly what runs, e.g. ``PGD-50×10 ℓ∞ ε=8/255 α=2/255, CE loss, ...``."""
@@ -67,6 +95,17 @@ class EvalAttack:
             return f"FGSM {ball} (one signed step of ε, no random start)"
         if self.family == "aa":
             return f"AutoAttack standard {ball} (APGD-CE, APGD-T, FAB-T, Square)"
+        if self.family in ("ppgd", "lpa"):
+            label = "Perceptual PGD" if self.family == "ppgd" else "Lagrangian perceptual attack"
+            per = " per λ round, 5 rounds" if self.family == "lpa" else ", conjugate-gradient steps"
+            return (f"{label}, LPIPS-{self.network} bound {self.eps:g}, {self.steps} steps{per}, margin loss κ=1, "
+                    "projected onto the bound, worst in-bound iterate")
+        if self.family == "stadv":
+            return (f"StAdv spatial flow, ‖flow‖∞ ≤ {self.eps:g} (grid units), {self.steps} Adam steps, "
+                    "margin loss + flow smoothness, worst iterate")
+        if self.family == "recolor":
+            return (f"ReColorAdv colour map, CIELUV displacement ≤ {self.eps:g}, {self.steps} Adam steps, "
+                    "margin loss + smoothness, worst iterate")
         label = "PGD" if self.family == "pgd" else "CW"
         runs = f"{self.steps}×{self.restarts}" if self.restarts and self.restarts > 1 else f"{self.steps}"
         loss = "CE loss" if self.family == "pgd" else "CW margin loss"
@@ -108,8 +147,35 @@ def _run_aa(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tenso
     return autoattack(model, x, y, norm=attack.norm or "linf", eps=attack.eps)
 
 
+def _run_ppgd(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    from advtrain.perceptual.ppgd import PPGDParams, ppgd  # late: perceptual imports the attack modules
+
+    params = PPGDParams(bound=attack.eps, steps=attack.steps or 1, step=attack.alpha, lpips=attack.network or "self")
+    return ppgd(model, x, y, params, cache=attack.cache)
+
+
+def _run_lpa(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    from advtrain.perceptual.lpa import LPAParams, lpa
+
+    params = LPAParams(bound=attack.eps, steps=attack.steps or 1, step=attack.alpha, lpips=attack.network or "self")
+    return lpa(model, x, y, params, cache=attack.cache)
+
+
+def _run_stadv(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    from advtrain.attacks.stadv import StAdvParams, stadv
+
+    return stadv(model, x, y, StAdvParams(bound=attack.eps, steps=attack.steps or 1))
+
+
+def _run_recolor(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    from advtrain.attacks.recolor import ReColorAdvParams, recolor
+
+    return recolor(model, x, y, ReColorAdvParams(bound=attack.eps, steps=attack.steps or 1))
+
+
 _RUNNERS: dict[str, Callable[[EvalAttack, nn.Module, Tensor, Tensor], Tensor]] = {
     "clean": _run_clean, "fgsm": _run_fgsm, "pgd": _run_pgd, "cw": _run_pgd, "aa": _run_aa,
+    "ppgd": _run_ppgd, "lpa": _run_lpa, "stadv": _run_stadv, "recolor": _run_recolor,
 }
 
 
@@ -121,22 +187,33 @@ class UnknownAttackError(UserError):
 
 def _unknown(written: str, key: str) -> UserError:
     return UnknownAttackError(f"unknown attack '{written}'{did_you_mean(key, LISTED)} — valid: {GRAMMAR} "
-                              f"(e.g. pgd20, pgd50x10, pgd50-l2, pgd50x10-l2, cw50)")
+                              f"(e.g. pgd20, pgd50x10, pgd50-l2, aa-l2@1, ppgd40, lpa40-alexnet, stadv100, unseen)")
 
 
-def _parse(name: str) -> tuple[str, str | None, int | None, int | None] | None:
-    """``name`` → (family, norm, steps, restarts) as the name writes them; None if not a name."""
+Parsed = tuple[str, "str | None", "int | None", "int | None", "str | None"]
+
+
+def _parse(name: str) -> Parsed | None:
+    """``name`` → (family, norm, steps, restarts, LPIPS network) as the name writes them; None if not a name."""
     if name in ("clean", "fgsm"):
-        return name, (None if name == "clean" else "linf"), None, None
+        return name, (None if name == "clean" else "linf"), None, None, None
     if name in ("aa", "aa-l2"):
-        return "aa", ("l2" if name == "aa-l2" else "linf"), None, None
+        return "aa", ("l2" if name == "aa-l2" else "linf"), None, None, None
     match = _PGD_NAME.fullmatch(name)
     if match:
         steps, restarts, l2 = match.groups()
-        return "pgd", ("l2" if l2 else "linf"), int(steps), int(restarts) if restarts else 1
+        return "pgd", ("l2" if l2 else "linf"), int(steps), int(restarts) if restarts else 1, None
     match = _CW_NAME.fullmatch(name)
     if match:
-        return "cw", "linf", int(match.group(1)), 1
+        return "cw", "linf", int(match.group(1)), 1, None
+    match = _PERCEPTUAL_NAME.fullmatch(name)
+    if match:
+        family, steps, network = match.groups()
+        return family, "lpips", int(steps), 1, network or "self"
+    match = _UNSEEN_NAME.fullmatch(name)
+    if match:
+        family, steps = match.groups()
+        return family, OTHER_METRICS[family][0], int(steps), 1, None
     return None
 
 
@@ -156,40 +233,74 @@ def _check_overrides(name: str, eps: float | None, alpha: float | None, steps: i
         raise bad(f"norm must be linf or l2, got {norm!r}")
 
 
+def _split_bound(written: str, key: str) -> tuple[str, float | None, str | None]:
+    """``'aa-l2@1'`` → (``'aa-l2'``, 1.0, ``'1'``); names without ``@`` pass through."""
+    if "@" not in key:
+        return key, None, None
+    base, _, text = key.partition("@")
+    try:
+        value = parse_number(text.strip())
+    except FractionError as err:
+        raise UserError(f"attack '{written}': {err}") from None
+    if not isinstance(value, float) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"attack '{written}': the bound after '@' must be a number > 0 such as 8/255 or 0.5, "
+                        f"got '{text}'")
+    return base.strip(), value, text.strip()
+
+
 def resolve_eval_attack(name: str, *, eps: float | None = None, alpha: float | None = None,
                         steps: int | None = None, restarts: int | None = None,
                         norm: str | None = None) -> EvalAttack:
-    """Parse an evaluation attack name and apply overrides on top of its preset.
+    """Parse one evaluation attack name and apply overrides on top of its preset.
 
     Overrides that do not apply to a family are ignored, so one set of global ``--eps/--steps``
     flags can go with a list of attacks: ``clean`` ignores all of them, ``fgsm`` uses only ``eps``
     (its step is ε), ``aa`` only ``eps`` and ``norm``. For PGD/CW an ``eps`` or ``steps`` override
-    without ``alpha`` recomputes the ℓ2 step as 2.5·ε/steps; the ℓ∞ step stays 2/255.
+    without ``alpha`` recomputes the ℓ2 step as 2.5·ε/steps; the ℓ∞ step stays 2/255. ``eps``,
+    ``alpha`` and ``norm`` are ℓp quantities: perceptual, flow and colour attacks ignore them and
+    take their bound from ``@<bound>`` only (``ppgd40@0.25``); ``steps`` applies to them too. A
+    bound written with ``@`` beats the ``eps`` override.
 
     Raises:
-        UserError: unknown name (with a did-you-mean hint and the grammar), invalid override,
-            ``fgsm`` with ``norm='l2'``, or ``aa`` without the optional torchattacks package.
+        UserError: unknown name (with a did-you-mean hint and the grammar), invalid override or
+            bound, ``fgsm`` with ``norm='l2'``, or ``aa`` without the optional torchattacks package.
     """
     written = str(name).strip()
-    key = written.lower()
+    key, bound, bound_text = _split_bound(written, written.lower())
+    if key in GROUPS:
+        if bound is not None:
+            raise UserError(f"attack '{written}': the group '{key}' takes no bound; its attacks carry their own "
+                            f"({', '.join(GROUPS[key])}): list them one by one to change a bound")
+        raise UserError(f"'{written}' is a group of attacks ({', '.join(GROUPS[key])}); groups are expanded "
+                        "by resolve_eval_attacks")
     parsed = _parse(key)
     if parsed is None:
         raise _unknown(written, key)
-    family, parsed_norm, parsed_steps, parsed_restarts = parsed
+    family, parsed_norm, parsed_steps, parsed_restarts, network = parsed
     _check_overrides(key, eps, alpha, steps, restarts, norm)
+    label = written.lower()
     if family == "clean":
+        if bound is not None:
+            raise UserError(f"attack '{written}': 'clean' takes no bound")
         return EvalAttack(key, "clean", None, 0.0, None, None, None)
+    if family in OTHER_METRICS:
+        n_steps = steps if steps is not None else parsed_steps or 1
+        return EvalAttack(label, family, parsed_norm, bound if bound is not None else OTHER_METRICS[family][1],
+                          None, n_steps, 1, network, bound_text)
     final_norm = norm or parsed_norm or "linf"
     if family == "fgsm" and final_norm != "linf":
         raise UserError(f"attack '{key}': FGSM is ℓ∞ only; for a one-step ℓ2 attack use pgd1-l2")
-    radius = float(eps) if eps is not None else (LINF_EPS if final_norm == "linf" else L2_EPS)
+    if bound is not None:
+        radius = bound
+    else:
+        radius = float(eps) if eps is not None else (LINF_EPS if final_norm == "linf" else L2_EPS)
     if family == "fgsm":
-        return EvalAttack(key, "fgsm", "linf", radius, radius, 1, 1)
+        return EvalAttack(label, "fgsm", "linf", radius, radius, 1, 1, eps_text=bound_text)
     if family == "aa":
         if importlib.util.find_spec("torchattacks") is None:
             raise UserError(f"attack '{key}' (AutoAttack) needs the optional torchattacks package: "
                             "pip install 'advtrain[autoattack]'")
-        return EvalAttack(key, "aa", final_norm, radius, None, None, None)
+        return EvalAttack(label, "aa", final_norm, radius, None, None, None, eps_text=bound_text)
     n_steps = steps if steps is not None else (parsed_steps if parsed_steps is not None else 0)
     if n_steps < 1:
         raise UserError(f"attack '{key}': steps must be >= 1 (e.g. pgd20)")
@@ -202,16 +313,42 @@ def resolve_eval_attack(name: str, *, eps: float | None = None, alpha: float | N
         step = L2_ALPHA_FACTOR * radius / n_steps
     else:
         step = LINF_ALPHA
-    return EvalAttack(key, family, final_norm, radius, step, n_steps, n_restarts)
+    return EvalAttack(label, family, final_norm, radius, step, n_steps, n_restarts, eps_text=bound_text)
+
+
+def resolve_eval_attacks(names: list[str], **overrides: Any) -> list[EvalAttack]:
+    """Resolve a list of names, expanding groups (``unseen``) in place; the first of duplicates wins.
+
+    Each attack that came from a group remembers it, so reports can give the group's union accuracy.
+    """
+    attacks: list[EvalAttack] = []
+    for name in names:
+        key = str(name).strip().lower()
+        if key in GROUPS:
+            resolved = [dataclasses.replace(resolve_eval_attack(member, **overrides), group=key)
+                        for member in GROUPS[key]]
+        else:
+            resolved = [resolve_eval_attack(name, **overrides)]
+        attacks += [a for a in resolved if all(a.name != b.name for b in attacks)]
+    return attacks
 
 
 def list_eval_presets() -> list[tuple[str, str]]:
     """(name, description) for the listed presets and the grammar, for ``advtrain list attacks``."""
-    rows = [(name, resolve_eval_attack(name).describe()) for name in LISTED if name not in ("aa", "aa-l2")]
-    rows += [(name, EvalAttack(name, "aa", "l2" if name.endswith("l2") else "linf",
-                               L2_EPS if name.endswith("l2") else LINF_EPS, None, None, None).describe()
-              + ("" if importlib.util.find_spec("torchattacks") else " [pip install 'advtrain[autoattack]']"))
-             for name in ("aa", "aa-l2")]
+    aa_missing = "" if importlib.util.find_spec("torchattacks") else " [pip install 'advtrain[autoattack]']"
+    rows = []
+    for name in LISTED:
+        if name in GROUPS:
+            rows.append((name, f"group: {', '.join(GROUPS[name])} (PAT's unseen threat models on CIFAR-10)"))
+        elif name in ("aa", "aa-l2"):
+            rows.append((name, EvalAttack(name, "aa", "l2" if name.endswith("l2") else "linf",
+                                          L2_EPS if name.endswith("l2") else LINF_EPS, None, None, None).describe()
+                         + aa_missing))
+        else:
+            rows.append((name, resolve_eval_attack(name).describe()))
     rows += [("pgd<N>[x<R>][-l2]", "PGD with N steps and R restarts, ℓ∞ (ℓ2 with -l2), e.g. pgd100x5-l2"),
-             ("cw<N>", "PGD with N steps on the CW margin loss, ℓ∞, e.g. cw200")]
+             ("cw<N>", "PGD with N steps on the CW margin loss, ℓ∞, e.g. cw200"),
+             ("ppgd<N>[-net], lpa<N>[-net]", "perceptual attacks; net = self (default), alexnet, vgg, squeeze "
+              "(ImageNet weights in the torch hub cache)"),
+             ("<name>@<bound>", "any attack with its own bound, e.g. aa-l2@1, pgd50@4/255, ppgd40@0.25, stadv100@0.1")]
     return rows

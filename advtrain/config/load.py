@@ -408,11 +408,11 @@ def _cross_checks(components: dict[str, Component | None], fixed: dict[str, Any]
         elif allowed and attack is not None and attack.name not in allowed:
             problems.append(f"attack.name: objective '{objective.name}' works with "
                             f"{', '.join(allowed)}, not '{attack.name}'")
-    from advtrain.attacks.presets import resolve_eval_attack
+    from advtrain.attacks.presets import resolve_eval_attacks
 
     for i, name in enumerate(fixed["eval"].attacks):
         try:
-            resolve_eval_attack(name, eps=fixed["eval"].eps, alpha=fixed["eval"].alpha)
+            resolve_eval_attacks([name], eps=fixed["eval"].eps, alpha=fixed["eval"].alpha)
         except UserError as err:
             problems.append(f"eval.attacks[{i}]: {err}")
     schedule = fixed["schedule"]

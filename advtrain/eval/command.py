@@ -68,14 +68,14 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
              eps_sweep: str | None, split: str, data_overrides: list[str], out: Path | None,
              device: str | None, seed: int) -> dict[str, Any]:
     """Evaluate, write ``report.json``, ``report.md`` and ``robust_vs_eps.png``, print a table."""
-    from advtrain.attacks.presets import resolve_eval_attack
+    from advtrain.attacks.presets import LP_FAMILIES, resolve_eval_attack, resolve_eval_attacks
     from advtrain.ui import console
 
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val, got '{split}'")
     eps_value, alpha_value = _number(eps, "--eps"), _number(alpha, "--alpha")
     overrides = {"eps": eps_value, "alpha": alpha_value, "steps": steps, "restarts": restarts}
-    attacks = [resolve_eval_attack(n, **overrides) for n in names]  # unknown names fail before loading
+    attacks = resolve_eval_attacks(names, **overrides)  # unknown names fail before loading
     sweep_values = [(s.strip(), _number(s.strip(), "--eps-sweep")) for s in eps_sweep.split(",")] \
         if eps_sweep else []
     path = checkpoint or newest_checkpoint()
@@ -90,7 +90,8 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
     start = time.perf_counter()
     kwargs = dict(n_examples=n_examples, batch_size=batch_size, device=dev, num_classes=data.num_classes)
     result = evaluate(model, source, attacks, **kwargs)
-    record = eval_record(result, attacks, eps_written={a.name: eps for a in attacks if eps})
+    record = eval_record(result, attacks, eps_written={a.name: a.eps_text or eps for a in attacks
+                                                        if a.eps_text or (eps and a.family in LP_FAMILIES)})
     sweep_rows = []
     if sweep_values:
         base = next((a for a in attacks if a.family in ("pgd", "cw")), None) or resolve_eval_attack("pgd50")
@@ -129,6 +130,8 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
              for r in record["attacks"] if r["name"] != "clean"]
     if result.union_acc is not None and len(rows) > 2:
         rows.append(("union", "correct under every attack", f"{result.union_acc:.2%}", ""))
+    rows += [(f"union of {group}", f"correct under every {group} attack", f"{acc:.2%}", "")
+             for group, acc in result.group_union_acc.items()]
     console.print_table(f"{model.model_name} · {report['dataset']} {split} · n={result.n_examples}",
                         ["attack", "description", "accuracy", "time"], rows)
     if sweep_values:

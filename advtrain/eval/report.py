@@ -25,6 +25,7 @@ def eval_record(result: EvalResult, attacks: list[Any], *, eps_written: dict[str
             "name": res.name, "description": res.description, "family": attack.family,
             "norm": attack.norm, "eps": eps_written.get(res.name, _fraction(attack.eps)),
             "eps_float": attack.eps, "steps": attack.steps, "restarts": attack.restarts,
+            "lpips_network": getattr(attack, "network", None), "group": getattr(attack, "group", None),
             "robust_acc": res.robust_acc, "per_class_acc": res.per_class, "seconds": res.seconds,
         })
     return {
@@ -33,6 +34,7 @@ def eval_record(result: EvalResult, attacks: list[Any], *, eps_written: dict[str
         "per_class_clean_acc": result.per_class_clean,
         "robust_acc": {r["name"]: r["robust_acc"] for r in rows if r["name"] != "clean"},
         "union_acc": result.union_acc,
+        "union_acc_by_group": result.group_union_acc,
         "attacks": rows,
         "time_s": result.seconds,
         "precision": "fp32",
@@ -51,7 +53,8 @@ def _fraction(value: float | None) -> str | None:
 
 def threat_model(attacks: list[Any]) -> str:
     norms = sorted({a.norm for a in attacks if a.family != "clean" and a.norm})
-    return "+".join({"linf": "Linf", "l2": "L2"}.get(n, n) for n in norms) or "none"
+    names = {"linf": "Linf", "l2": "L2", "lpips": "LPIPS", "flow": "StAdv", "color": "ReColorAdv"}
+    return "+".join(sorted(names.get(n, n) for n in norms)) or "none"
 
 
 def masking_warnings(record: dict) -> list[str]:
@@ -93,6 +96,8 @@ def eval_markdown(report: dict) -> str:
         lines.append(f"| {row['name']} | {row['description']} | {row['robust_acc']:.2%} | {row['seconds']:.1f} |")
     if report.get("union_acc") is not None:
         lines.append(f"| union | correct under every attack | {report['union_acc']:.2%} | |")
+    for group, acc in (report.get("union_acc_by_group") or {}).items():
+        lines.append(f"| union of {group} | correct under every {group} attack | {acc:.2%} | |")
     if report.get("eps_sweep"):
         lines += ["", "## Robust accuracy vs ε", "", "| ε | attack | robust acc |", "|---|---|---|"]
         for row in report["eps_sweep"]:

@@ -3,7 +3,8 @@
 Evaluation is always fp32 with the model in eval mode: reported numbers must not depend on the
 training precision. An example counts as robust to an attack only if it is classified correctly
 both clean and at the attack's point (the AutoAttack/RobustBench convention), and as robust "in
-union" only if it survives every attack.
+union" only if it survives every attack. Attacks that came from a named group (``unseen``) also
+get the union over that group alone: PAT's "union of unseen threat models" accuracy.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class EvalResult:
     attacks: list[AttackResult]
     union_acc: float | None
     seconds: float
+    group_union_acc: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         """``{"clean": acc, "<attack>": acc, ...}`` for metrics and progress lines."""
@@ -102,12 +104,20 @@ def evaluate(
         results.append(AttackResult(attack.name, attack.describe(), float(correct.float().mean()) if n else 0.0,
                                     _per_class(correct, labels, num_classes), seconds[attack.name], correct))
     robust = [r.correct for r in results if r.name != "clean"]
-    union = None
-    if robust:
-        all_ok = clean_correct.clone()
-        for c in robust:
-            all_ok &= c
-        union = float(all_ok.float().mean()) if n else 0.0
+    union = _union_acc(clean_correct, robust) if robust else None
+    groups: dict[str, list[Tensor]] = {}
+    for attack, res in zip(attacks, results, strict=True):
+        if getattr(attack, "group", None):
+            groups.setdefault(attack.group, []).append(res.correct)
     return EvalResult(n, float(clean_correct.float().mean()) if n else 0.0,
                       _per_class(clean_correct, labels, num_classes), results, union,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start,
+                      {name: _union_acc(clean_correct, members) for name, members in groups.items()})
+
+
+def _union_acc(clean_correct: Tensor, robust: list[Tensor]) -> float:
+    """Share of examples correct clean and under every attack in ``robust``."""
+    all_ok = clean_correct.clone()
+    for correct in robust:
+        all_ok &= correct
+    return float(all_ok.float().mean()) if len(all_ok) else 0.0

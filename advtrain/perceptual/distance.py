@@ -26,6 +26,8 @@ Extractor = Callable[[Tensor], list[Tensor]]
 #: torchvision weight files the lpips backbones load (looked up in $TORCH_HOME/hub/checkpoints).
 WEIGHT_FILES = {"alexnet": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
                 "squeeze": "squeezenet1_1-b8a52dc0.pth"}
+#: Choices of ``lpips`` for every perceptual attack: the classifier itself, or an ImageNet backbone.
+LPIPS_NETWORKS = ("self", *WEIGHT_FILES)
 
 
 def normalized_features(activations: list[Tensor]) -> Tensor:
@@ -47,6 +49,16 @@ class PerceptualDistance:
 
     def features(self, x: Tensor) -> Tensor:
         return normalized_features(self.extractor(x))
+
+    def features_and_logits(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+        """φ(x) and model(x); one forward pass when the distance reads ``model`` itself (LPIPS-self).
+
+        Attacks need both at every step, so for PAT-self this saves a third of the passes.
+        """
+        if isinstance(self.extractor, SelfExtractor) and self.extractor.model is model:
+            activations, logits = self.extractor.with_logits(x)
+            return normalized_features(activations), logits
+        return self.features(x), model(x)
 
     def __call__(self, x: Tensor, x_adv: Tensor) -> Tensor:
         return (self.features(x) - self.features(x_adv)).norm(dim=1)
@@ -70,21 +82,30 @@ def _stage_modules(model: nn.Module) -> list[nn.Module]:
                     "use attack.lpips=alexnet (or vgg/squeeze) instead")
 
 
-def self_extractor(model: nn.Module) -> Extractor:
+class SelfExtractor:
     """Stage activations of the classifier itself (PAT-self), captured with forward hooks."""
-    modules = _stage_modules(model)
 
-    def extract(x: Tensor) -> list[Tensor]:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modules = _stage_modules(model)
+
+    def with_logits(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         captured: list[Tensor] = []
-        handles = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in modules]
+        handles = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in self.modules]
         try:
-            model(x)
+            logits = self.model(x)
         finally:
             for handle in handles:
                 handle.remove()
-        return captured
+        return captured, logits
 
-    return extract
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        return self.with_logits(x)[0]
+
+
+def self_extractor(model: nn.Module) -> SelfExtractor:
+    """The ``self`` feature network: ``model``'s own stages (fails clearly for unknown architectures)."""
+    return SelfExtractor(model)
 
 
 def hub_checkpoint_dir() -> Path:

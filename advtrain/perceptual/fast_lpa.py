@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.config.params import param
-from advtrain.perceptual.distance import build_distance
+from advtrain.perceptual.distance import LPIPS_NETWORKS, build_distance
 
 FINITE_DIFFERENCE = 0.1
 
@@ -29,7 +29,7 @@ class FastLPAParams:
     steps: int = param(10, ge=1)
     step: float | None = param(None, gt=0, help="first step in LPIPS units (default: the bound)")
     lam_max: float = param(10.0, gt=0, help="final Lagrange multiplier")
-    lpips: str = param("self", choices=("self", "alexnet", "vgg", "squeeze"),
+    lpips: str = param("self", choices=LPIPS_NETWORKS,
                        help="feature network of the distance (self = the classifier being trained)")
     only_attack_correct: bool = param(True, help="leave examples the model already gets wrong unchanged")
 
@@ -53,8 +53,8 @@ def _attack(model: nn.Module, x: Tensor, y: Tensor, params: FastLPAParams,
     x = x.detach().float()
     distance = build_distance(params.lpips, model, cache)
     with torch.no_grad():
-        phi_x = distance.features(x)
-        active = model(x).argmax(1) == y if params.only_attack_correct else torch.ones_like(y, dtype=torch.bool)
+        phi_x, logits = distance.features_and_logits(model, x)
+        active = logits.argmax(1) == y if params.only_attack_correct else torch.ones_like(y, dtype=torch.bool)
     shape = (-1,) + (1,) * (x.dim() - 1)
     first = params.step if params.step is not None else params.bound
     x_adv = (x + 0.01 * torch.randn_like(x)).clamp(0, 1)
@@ -62,8 +62,9 @@ def _attack(model: nn.Module, x: Tensor, y: Tensor, params: FastLPAParams,
         step = first * 0.1 ** (i / params.steps)
         lam = params.lam_max * 0.1 ** (1 - i / params.steps)
         x_adv = x_adv.detach().requires_grad_(True)
-        dist = (distance.features(x_adv) - phi_x).norm(dim=1)
-        loss = -margin_loss(model(x_adv), y) + lam * (dist - params.bound).clamp_min(0)
+        phi, logits = distance.features_and_logits(model, x_adv)
+        dist = (phi - phi_x).norm(dim=1)
+        loss = -margin_loss(logits, y) + lam * (dist - params.bound).clamp_min(0)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         with torch.no_grad():
             direction = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)

@@ -57,9 +57,9 @@ def build_lr_schedule(recipe: Recipe) -> Any:
 
 
 def build_eval_attacks(names: list[str], **overrides: Any) -> list[Any]:
-    from advtrain.attacks.presets import resolve_eval_attack
+    from advtrain.attacks.presets import resolve_eval_attacks
 
-    return [resolve_eval_attack(name, **overrides) for name in names]
+    return resolve_eval_attacks(names, **overrides)
 
 
 def check_selector_fits(recipe: Recipe, data: Any) -> None:

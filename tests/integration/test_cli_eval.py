@@ -60,3 +60,26 @@ def test_eval_data_override_and_val_split(cli, tiny_checkpoint, tmp_path):
     assert report["split"] == "val" and report["n_examples"] == 48  # half of the 96 synthetic images
     code, out = cli("eval", tiny_checkpoint, "--attack", "clean", "--data", "name=cifar10")
     assert code == 2 and "Traceback" not in out
+
+
+def test_eval_perceptual_and_unseen_attacks(cli, tiny_checkpoint, tmp_path):
+    code, out = cli("eval", tiny_checkpoint, "--attack", "ppgd2@0.3,lpa2", "--attack", "unseen", "--steps", "2",
+                    "--n-examples", "8")
+    assert code == 0, out
+    report = json.loads((tmp_path / "runs/tiny/eval/report.json").read_text())
+    assert list(report["robust_acc"]) == ["ppgd2@0.3", "lpa2", "aa@8/255", "aa-l2@1", "stadv100@0.05",
+                                          "recolor100@0.06"]
+    rows = {r["name"]: r for r in report["attacks"]}
+    assert rows["ppgd2@0.3"]["eps"] == "0.3" and rows["ppgd2@0.3"]["lpips_network"] == "self"
+    assert rows["aa-l2@1"]["eps_float"] == 1.0 and rows["aa@8/255"]["eps"] == "8/255"
+    assert rows["stadv100@0.05"]["steps"] == 2 and rows["stadv100@0.05"]["group"] == "unseen"
+    unseen = [rows[n]["robust_acc"] for n in ("aa@8/255", "aa-l2@1", "stadv100@0.05", "recolor100@0.06")]
+    assert report["union_acc_by_group"]["unseen"] <= min(unseen)
+    assert report["threat_model"] == "L2+LPIPS+Linf+ReColorAdv+StAdv"
+    assert "union of unseen" in (tmp_path / "runs/tiny/eval/report.md").read_text()
+
+
+def test_eval_perceptual_alexnet_without_weights_is_clear(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    code, out = cli("eval", tiny_checkpoint, "--attack", "ppgd2-alexnet", "--n-examples", "4")
+    assert code == 2 and "alexnet-owt-7be5be79.pth" in out and "Traceback" not in out
