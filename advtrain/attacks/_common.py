@@ -73,3 +73,34 @@ def project(x_adv: Tensor, x: Tensor, norm: str, eps: float) -> Tensor:
     if norm == "l2":
         return project_l2(x_adv, x, eps)
     raise ValueError(f"unknown norm '{norm}' (expected linf or l2)")
+
+
+class WorstCase:
+    """Per example, the worst point offered so far: misclassified first, then highest loss.
+
+    Every evaluation attack keeps its answer this way, so a point fooled at some step is never
+    reported as robust because a later step undid it.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x.clone()
+        self.fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+
+    def offer(self, x: Tensor, logits: Tensor, loss: Tensor, y: Tensor, valid: Tensor | None = None,
+              index: Tensor | None = None) -> None:
+        """Keep ``x`` where it beats the current point.
+
+        ``valid`` masks out points outside the threat model; ``index`` says which examples the rows
+        of ``x`` are, for attacks that only keep working on part of the batch (``y`` matches ``x``).
+        """
+        rows = slice(None) if index is None else index
+        fooled = logits.argmax(dim=1) != y
+        loss = loss.detach().float()
+        held_fooled, held_loss = self.fooled[rows], self.loss[rows]
+        better = (fooled & ~held_fooled) | ((fooled == held_fooled) & (loss > held_loss))
+        if valid is not None:
+            better &= valid
+        self.x[rows] = torch.where(per_sample_view(better, x), x.detach(), self.x[rows])
+        self.fooled[rows] = torch.where(better, fooled, held_fooled)
+        self.loss[rows] = torch.where(better, loss, held_loss)

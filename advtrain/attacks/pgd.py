@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks._common import attack_mode, l2_norms, per_sample_view, project
+from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view, project
 from advtrain.attacks.losses import LOSSES, LossFn, check_per_sample
 from advtrain.config.params import param
 
@@ -66,35 +66,8 @@ def ascent_step(x_adv: Tensor, grad: Tensor, norm: str, alpha: float) -> Tensor:
     return x_adv + alpha * grad / per_sample_view(safe, grad)
 
 
-class _WorstCase:
-    """Per example, the worst point offered so far: misclassified first, then highest loss."""
-
-    def __init__(self, x: Tensor) -> None:
-        self.x = x.clone()
-        self.fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        self.loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
-
-    def offer(self, x: Tensor, logits: Tensor, loss: Tensor, y: Tensor, valid: Tensor | None = None,
-              index: Tensor | None = None) -> None:
-        """Keep ``x`` where it beats the current point.
-
-        ``valid`` masks out points outside the threat model; ``index`` says which examples the rows
-        of ``x`` are, for attacks that only keep working on part of the batch (``y`` matches ``x``).
-        """
-        rows = slice(None) if index is None else index
-        fooled = logits.argmax(dim=1) != y
-        loss = loss.detach().float()
-        held_fooled, held_loss = self.fooled[rows], self.loss[rows]
-        better = (fooled & ~held_fooled) | ((fooled == held_fooled) & (loss > held_loss))
-        if valid is not None:
-            better &= valid
-        self.x[rows] = torch.where(per_sample_view(better, x), x.detach(), self.x[rows])
-        self.fooled[rows] = torch.where(better, fooled, held_fooled)
-        self.loss[rows] = torch.where(better, loss, held_loss)
-
-
 def _single_run(model: nn.Module, x: Tensor, y: Tensor, params: PGDParams, loss_fn: LossFn,
-                generator: torch.Generator | None, track: _WorstCase | None) -> Tensor:
+                generator: torch.Generator | None, track: WorstCase | None) -> Tensor:
     """One PGD run from one start; offers each iterate to ``track`` when given."""
     x_adv = random_init(x, params.norm, params.eps, generator) if params.random_start else x.clone()
     for _ in range(params.steps):
@@ -140,7 +113,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, params: PGDParams, *, loss_fn: L
         # Copies: inputs may be inference tensors, and must never be modified.
         x0 = x.detach().to(torch.float32, copy=True)
         y0 = y.detach().clone()
-        track = _WorstCase(x0) if keep_best or params.restarts > 1 else None
+        track = WorstCase(x0) if keep_best or params.restarts > 1 else None
         x_adv = x0
         for _ in range(params.restarts):
             x_adv = _single_run(model, x0, y0, params, loss_fn, generator, track if keep_best else None)

@@ -121,9 +121,9 @@ _NORM_SYMBOL = {"linf": "ℓ∞", "l2": "ℓ2"}
 
 
 def _fmt(value: float) -> str:
-    """``8/255`` for whole 255ths (how papers write ℓ∞ budgets), else a short decimal."""
+    """``8/255`` for whole 255ths below 1 (how papers write ℓ∞ budgets), else a short decimal (ℓ2 ``1``)."""
     scaled = value * 255
-    if value > 0 and abs(scaled - round(scaled)) < 1e-6:
+    if 0 < value < 1 and abs(scaled - round(scaled)) < 1e-6:
         return f"{round(scaled)}/255"
     return f"{value:.4g}"
 

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks._common import attack_mode
+from advtrain.attacks._common import WorstCase, attack_mode
 from advtrain.attacks.losses import LossFn, check_per_sample, margin_loss
-from advtrain.attacks.pgd import _WorstCase
 from advtrain.config.params import param
 
 SMOOTHNESS_EPS = 1e-10
@@ -104,7 +103,7 @@ def adam_attack(model: nn.Module, y: Tensor, init: Tensor, render: Callable[[Ten
     """
     p = init.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([p], lr=lr)
-    track = _WorstCase(p.detach()) if keep_best else None
+    track = WorstCase(p.detach()) if keep_best else None
     for _ in range(steps):
         logits = model(render(p))
         loss = loss_fn(logits, y)

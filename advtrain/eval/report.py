@@ -42,11 +42,11 @@ def eval_record(result: EvalResult, attacks: list[Any], *, eps_written: dict[str
 
 
 def _fraction(value: float | None) -> str | None:
-    """``0.0313…`` → ``"8/255"`` when it is a whole number of 255ths, else the float as text."""
+    """``0.0313…`` → ``"8/255"`` when it is a whole number of 255ths below 1, else the float as text."""
     if value is None:
         return None
     scaled = value * 255
-    if value and abs(scaled - round(scaled)) < 1e-6:
+    if 0 < value < 1 and abs(scaled - round(scaled)) < 1e-6:
         return f"{round(scaled)}/255"
     return f"{value:g}"
 

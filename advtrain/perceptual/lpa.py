@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks._common import attack_mode, l2_norms, per_sample_view
+from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view
 from advtrain.attacks.losses import margin_loss
-from advtrain.attacks.pgd import _WorstCase
 from advtrain.config.params import param
 from advtrain.perceptual.distance import LPIPS_NETWORKS, build_distance
 from advtrain.perceptual.projection import project_lpips
@@ -52,7 +51,7 @@ def lpa(model: nn.Module, x: Tensor, y: Tensor, params: LPAParams, *, loss_fn: o
         distance = build_distance(params.lpips, model, cache)
         with torch.no_grad():
             phi_x = distance.features(x0)
-        track = _WorstCase(x0)
+        track = WorstCase(x0)
         first = params.step if params.step is not None else params.bound
         x_adv = (x0 + 0.01 * torch.randn_like(x0)).clamp(0, 1)
         lam = torch.full((x0.shape[0],), params.lam, device=x0.device)

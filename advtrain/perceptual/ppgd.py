@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks._common import attack_mode, l2_norms, per_sample_view
+from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view
 from advtrain.attacks.losses import margin_loss
-from advtrain.attacks.pgd import _WorstCase
 from advtrain.config.params import param
 from advtrain.perceptual.distance import LPIPS_NETWORKS, PerceptualDistance, build_distance
 from advtrain.perceptual.projection import project_lpips
@@ -117,7 +116,7 @@ def ppgd(model: nn.Module, x: Tensor, y: Tensor, params: PPGDParams, *, loss_fn:
         distance = build_distance(params.lpips, model, cache)
         with torch.no_grad():
             phi_x = distance.features(x0)
-        track = _WorstCase(x0)
+        track = WorstCase(x0)
         length = params.step if params.step is not None else 2 * params.bound / params.steps
         x_adv = project_lpips(distance, x0, (x0 + 0.01 * torch.randn_like(x0)).clamp(0, 1), phi_x, params.bound)
         for _ in range(params.steps):

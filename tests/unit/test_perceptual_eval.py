@@ -129,6 +129,7 @@ def test_perceptual_and_unseen_names_parse():
     aa = resolve_eval_attack("aa-l2@1")
     assert (aa.family, aa.norm, aa.eps, aa.eps_text) == ("aa", "l2", 1.0, "1")
     assert resolve_eval_attack("pgd20@4/255").eps == pytest.approx(4 / 255)
+    assert "ε=1 " in aa.describe()  # an ℓ2 radius of 1 is not written as 255/255
 
 
 def test_eps_override_is_an_lp_quantity():
