@@ -19,7 +19,7 @@ from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sampl
 from advtrain.attacks.losses import margin_loss
 from advtrain.config.params import param
 from advtrain.perceptual.distance import LPIPS_NETWORKS, build_distance
-from advtrain.perceptual.projection import project_lpips
+from advtrain.perceptual.projection import offer_final, project_lpips
 
 #: Length of the finite difference that measures how fast d changes along the step direction.
 FINITE_DIFFERENCE = 0.1
@@ -83,9 +83,6 @@ def lpa(model: nn.Module, x: Tensor, y: Tensor, params: LPAParams, *, loss_fn: o
             if not live.any():
                 break
         x_adv = project_lpips(distance, x0, x_adv, phi_x, params.bound)
-        with torch.no_grad():
-            phi, logits = distance.features_and_logits(model, x_adv)
-        track.offer(x_adv, logits, margin_loss(logits, y).clamp(max=params.kappa), y,
-                    valid=(phi - phi_x).norm(dim=1) <= params.bound)
+        offer_final(track, distance, model, x_adv, y, phi_x, params.bound, params.kappa)
         result = track.x if keep_best else x_adv
     return result.detach().to(x.dtype)

@@ -21,7 +21,7 @@ from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sampl
 from advtrain.attacks.losses import margin_loss
 from advtrain.config.params import param
 from advtrain.perceptual.distance import LPIPS_NETWORKS, PerceptualDistance, build_distance
-from advtrain.perceptual.projection import project_lpips
+from advtrain.perceptual.projection import offer_final, project_lpips
 
 #: Length (in pixel space, along a unit direction) of the finite difference that estimates J v.
 FINITE_DIFFERENCE = 1e-3
@@ -123,9 +123,6 @@ def ppgd(model: nn.Module, x: Tensor, y: Tensor, params: PPGDParams, *, loss_fn:
             stepped, logits, margin, phi = perceptual_step(model, distance, x_adv, y, length, params)
             track.offer(x_adv, logits, margin, y, valid=(phi - phi_x).norm(dim=1) <= params.bound)
             x_adv = project_lpips(distance, x0, stepped, phi_x, params.bound)
-        with torch.no_grad():
-            phi, logits = distance.features_and_logits(model, x_adv)
-        track.offer(x_adv, logits, margin_loss(logits, y).clamp(max=params.kappa), y,
-                    valid=(phi - phi_x).norm(dim=1) <= params.bound)
+        offer_final(track, distance, model, x_adv, y, phi_x, params.bound, params.kappa)
         result = track.x if keep_best else x_adv
     return result.detach().to(x.dtype)

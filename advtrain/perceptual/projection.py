@@ -11,9 +11,10 @@ returns has been measured within the bound, or is x itself.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from advtrain.attacks._common import per_sample_view
+from advtrain.attacks._common import WorstCase, per_sample_view
+from advtrain.attacks.losses import margin_loss
 from advtrain.perceptual.distance import PerceptualDistance
 
 #: Newton aims this fraction below the bound, so that one step usually lands inside despite curvature.
@@ -68,3 +69,11 @@ def _bisect(distance: PerceptualDistance, x: Tensor, far: Tensor, phi_x: Tensor,
         low = torch.where(inside, mid, low)
         high = torch.where(inside, high, mid)
     return x + per_sample_view(low, x) * (far - x)
+
+
+def offer_final(track: WorstCase, distance: PerceptualDistance, model: nn.Module, x_adv: Tensor, y: Tensor,
+                phi_x: Tensor, bound: float, kappa: float) -> None:
+    """Score the attack's last point and offer it to ``track`` where it lies inside the ball."""
+    with torch.no_grad():
+        phi, logits = distance.features_and_logits(model, x_adv)
+    track.offer(x_adv, logits, margin_loss(logits, y).clamp(max=kappa), y, valid=(phi - phi_x).norm(dim=1) <= bound)
