@@ -42,7 +42,6 @@ FAMILIES = ("clean", "fgsm", "pgd", "cw", "aa", "ppgd", "lpa", "stadv", "recolor
 LP_FAMILIES = ("fgsm", "pgd", "cw", "aa")
 #: The threat metric and default bound of the families that are not ℓp balls (PAT's evaluation).
 OTHER_METRICS = {"ppgd": ("lpips", 0.5), "lpa": ("lpips", 0.5), "stadv": ("flow", 0.05), "recolor": ("color", 0.06)}
-LPIPS_NETS = ("self", "alexnet", "vgg", "squeeze")
 #: Named sets of attacks. ``unseen``: the PAT paper's unseen threat models on CIFAR-10.
 GROUPS = {"unseen": ("aa@8/255", "aa-l2@1", "stadv100@0.05", "recolor100@0.06")}
 LINF_EPS = 8 / 255
