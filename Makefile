@@ -1,6 +1,6 @@
 PYTHON ?= python
 
-.PHONY: install test test-all lint format bench clean
+.PHONY: install test test-all lint format bench gpu-wheels gpu-check clean
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'
@@ -19,6 +19,14 @@ format:
 
 bench:
 	$(PYTHON) bench/run_all.py
+
+# Wheels the GPU image lacks (omegaconf, lpips, torchattacks), fetched here into .whl/ for an offline GPU machine.
+gpu-wheels:
+	PYTHON=$(PYTHON) bash bench/gpu_wheels.sh
+
+# The prepared GPU check (one H100/H200, no network, < 8 min); results in bench/results/.
+gpu-check:
+	bash bench/gpu_check.sh bench/results
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

@@ -20,7 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import command_line, machine, write_result
+from _common import add_results_arg, command_line, gpu_peak_memory_gib, gpu_peak_memory_reset, machine, write_result
 from throughput import build_trainer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -86,6 +86,21 @@ def timed(fn, repeats: int, device: torch.device) -> tuple[float, int]:
     return statistics.median(times), seen
 
 
+def measure_advtrain(args: argparse.Namespace) -> tuple[dict, torch.Tensor, torch.Tensor, tuple, tuple, torch.device]:
+    """advtrain's own PGD-10 step on the same data; returns its row and the data for the baselines."""
+    targs = argparse.Namespace(device=args.device, batch_size=args.batch_size, steps=args.steps,
+                               precision=args.precision)
+    trainer = build_trainer(args.model, "pgd10", targs)
+    source = trainer.data.train
+    images, labels = source.images.cpu().float() / 255, source.labels.cpu()
+    epoch = iter(range(1, 10_000))
+    gpu_peak_memory_reset()
+    sec, seen = timed(lambda: trainer.train_epoch(next(epoch), "full")["samples"], args.repeats, trainer.device)
+    row = {"img_per_s": seen / sec, "median_seconds": sec,
+           "precision": str(trainer.amp_dtype or "fp32").replace("torch.", ""), "peak_gpu_gib": gpu_peak_memory_gib()}
+    return row, images, labels, trainer.data.mean, trainer.data.std, trainer.device
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,23 +111,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    add_results_arg(parser)
     args = parser.parse_args()
-    targs = argparse.Namespace(device=args.device, batch_size=args.batch_size, steps=args.steps,
-                               precision=args.precision, compile=False)
-    trainer = build_trainer(args.model, "pgd10", targs)
-    device = trainer.device
-    source = trainer.data.train
-    images, labels = source.images.cpu().float() / 255, source.labels.cpu()
+    rows = {}
+    advtrain_row, images, labels, mean, std, device = measure_advtrain(args)
+    rows["advtrain"] = advtrain_row  # the trainer is gone: its memory is not the baselines' peak
     loader = DataLoader(AugmentedImages(images, labels), batch_size=args.batch_size, shuffle=True,
                         num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-    epoch = iter(range(1, 10_000))
-    rows = {}
-    sec, seen = timed(lambda: trainer.train_epoch(next(epoch), "full")["samples"], args.repeats, device)
-    rows["advtrain"] = {"img_per_s": seen / sec, "median_seconds": sec, "precision": str(trainer.amp_dtype or "fp32")}
     for name in ("plain", "torchattacks"):
         torch.manual_seed(0)
-        model = build_model(args.model, num_classes=10, in_chans=3, mean=trainer.data.mean,
-                            std=trainer.data.std).to(device)
+        model = build_model(args.model, num_classes=10, in_chans=3, mean=mean, std=std).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         if name == "plain":
             attack = plain_pgd
@@ -123,9 +131,11 @@ def main() -> None:
 
             def attack(m, x, y, pgd=pgd):
                 return pgd(x, y)
+        gpu_peak_memory_reset()
         sec, seen = timed(lambda m=model, o=optimizer, a=attack: baseline_epoch(m, loader, o, a, device),
                           args.repeats, device)
-        rows[name] = {"img_per_s": seen / sec, "median_seconds": sec, "precision": "fp32"}
+        rows[name] = {"img_per_s": seen / sec, "median_seconds": sec, "precision": "fp32",
+                      "peak_gpu_gib": gpu_peak_memory_gib()}
     for row in rows.values():
         row["advtrain_speedup"] = rows["advtrain"]["img_per_s"] / row["img_per_s"]
     for name, row in rows.items():
@@ -134,11 +144,12 @@ def main() -> None:
              f"Command: `{command_line()}`", "", f"Machine: {machine()}", "",
              f"Model {args.model}, batch {args.batch_size}, {args.steps} batches per pass, median of {args.repeats}; "
              f"ε 8/255, α 2/255, 10 steps; synthetic 32×32 data.", "",
-             "| loop | precision | img/s | advtrain speed-up |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['precision']} | {v['img_per_s']:.1f} | {v['advtrain_speedup']:.2f}× |"
-              for k, v in rows.items()]
+             "| loop | precision | img/s | advtrain speed-up | peak GPU GiB |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['precision']} | {v['img_per_s']:.1f} | {v['advtrain_speedup']:.2f}× | "
+              f"{'–' if v['peak_gpu_gib'] is None else format(v['peak_gpu_gib'], '.2f')} |" for k, v in rows.items()]
     write_result(f"peer_baseline_{device.type}", {"machine": machine(), "command": command_line(),
-                                                  "settings": vars(args), "rows": rows}, "\n".join(lines) + "\n")
+                                                  "settings": {**vars(args), "results": str(args.results)},
+                                                  "rows": rows}, "\n".join(lines) + "\n", args.results)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,20 @@ def plain(text: str) -> str:
     return " ".join(text.split())
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu",
+                     help="device for the tests that take the `device` fixture (bench/gpu_check.sh passes cuda)")
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The device under test: cpu in `make test`, cuda in the GPU check (device-agnostic tests only)."""
+    name = request.config.getoption("--device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("--device cuda given but CUDA is not available")
+    return torch.device(name)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

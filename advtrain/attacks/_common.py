@@ -31,9 +31,27 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
+def input_grad_only(model: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring gradients for the block, then get their own flags back.
+
+    An attack differentiates w.r.t. the input only. Eager autograd already skips the weight
+    gradients, but a ``torch.compile``d model traces one backward for every input that requires
+    a gradient: without this, each attack step would also compute all weight gradients.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
 def attack_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode with autograd on, even inside a caller's ``no_grad``/``inference_mode`` block."""
-    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+    """Eval mode, input gradients only, autograd on even inside a ``no_grad``/``inference_mode`` block."""
+    with eval_mode(model), input_grad_only(model), torch.inference_mode(False), torch.enable_grad():
         yield
 
 

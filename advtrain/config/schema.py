@@ -44,7 +44,8 @@ class TrainConfig:
 
     max_steps_per_epoch: int | None = param(None, gt=0, help="cap batches per epoch (smoke tests)")
     grad_clip_value: float | None = param(None, gt=0, help="clip gradient values (PAT uses 1.0)")
-    compile: bool = param(False, help="wrap the model in torch.compile (CUDA)")
+    compile: bool = param(False, help="wrap the model in torch.compile (inductor; CUDA, or CPU with a C++ compiler)")
+    channels_last: bool | None = param(None, help="channels-last memory format for the model (default: on CUDA only)")
     data_on_device: bool = param(True, help="on CUDA, keep in-memory datasets on the GPU as uint8 and augment "
                                             "there (no per-batch host→device copies)")
     log_every: int = param(10, ge=1, help="refresh the progress line every N batches")

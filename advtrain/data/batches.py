@@ -50,9 +50,9 @@ def draw_augmentation(n: int, mode: str, padding: int, generator: torch.Generato
 def apply_augmentation(x: Tensor, draws: dict[str, Tensor], padding: int) -> Tensor:
     """Apply drawn crops/flips (one row of ``draws`` per image of ``x``) on ``x``'s device."""
     if "offsets" in draws:
-        x = random_crop(x, padding, draws["offsets"].to(x.device))
+        x = random_crop(x, padding, draws["offsets"].to(x.device, non_blocking=True))
     if "flip" in draws:
-        x = torch.where(draws["flip"].to(x.device)[:, None, None, None], x.flip(3), x)
+        x = torch.where(draws["flip"].to(x.device, non_blocking=True)[:, None, None, None], x.flip(3), x)
     return x
 
 
@@ -109,7 +109,7 @@ def iterate_batches(source: Source, indices: Tensor, batch_size: int, *, shuffle
                 rows = torch.tensor_split(torch.arange(len(idx)), world)[rank]
                 idx, draws = idx[rows], {k: v[rows] for k, v in draws.items()}
             x = source.load(idx, device)
-            y = source.labels[idx].to(device)
+            y = source.labels_of(idx, device)
             yield apply_augmentation(x, draws, padding), y, idx
         return
     plans = []
@@ -123,4 +123,4 @@ def iterate_batches(source: Source, indices: Tensor, batch_size: int, *, shuffle
                         pin_memory=device.type == "cuda")
     for (_, draws), (x, y, idx) in zip(plans, loader, strict=True):
         x = x.to(device, non_blocking=True)
-        yield apply_augmentation(x, draws, padding), y.to(device), idx.long()
+        yield apply_augmentation(x, draws, padding), y.to(device, non_blocking=True), idx.long()

@@ -19,6 +19,17 @@ from torch.utils.data import Dataset
 from advtrain.errors import DataError
 
 
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 images → float32 in [0, 1], bit-identical on every device.
+
+    A 256-entry table computed once on the CPU (``k / 255``, correctly rounded) replaces the
+    division: CUDA divides by a scalar through its reciprocal, which differs from the CPU's
+    ``k / 255`` in the last bit for some ``k``, so the same batch would differ between devices.
+    """
+    table = torch.arange(256, dtype=torch.float32).div_(255).to(images.device, non_blocking=True)
+    return table[images.long()]
+
+
 class ArraySource(Dataset):
     """A dataset held in memory as uint8 (N×C×H×W) images and int64 labels.
 
@@ -37,15 +48,24 @@ class ArraySource(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        return self.images[i].float().div_(255), int(self.labels[i]), int(i)
+        return to_unit_float(self.images[i]), int(self.labels[i]), int(i)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def load(self, indices: Tensor, device: torch.device | str = "cpu") -> Tensor:
-        """Images ``indices`` as float in [0,1] on ``device`` (moved as uint8, converted there)."""
-        return self.images[indices.cpu()].to(device).float().div_(255)
+        """Images ``indices`` as float in [0,1] on ``device`` (moved as uint8, converted there).
+
+        Host→device copies are ``non_blocking``: from pageable memory CUDA stages the bytes before
+        returning, and a blocking copy would make PyTorch wait for the GPU's whole queue.
+        """
+        rows = indices.to(self.images.device, non_blocking=True)
+        return to_unit_float(self.images[rows].to(device, non_blocking=True))
+
+    def labels_of(self, indices: Tensor, device: torch.device | str = "cpu") -> Tensor:
+        """Labels of ``indices`` on ``device`` (gathered on the CPU, copied without a host sync)."""
+        return self.labels[indices.cpu()].to(device, non_blocking=True)
 
     def subset(self, indices: Tensor) -> ArraySource:
         """A new source holding rows ``indices`` (re-indexed from 0)."""
@@ -94,13 +114,13 @@ class FolderSource(Dataset):
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        return self._read(i).float().div_(255), self.samples[i][1], int(i)
+        return to_unit_float(self._read(i)), self.samples[i][1], int(i)
 
     def load(self, indices: Tensor, device: torch.device | str = "cpu") -> Tensor:
         """Decode ``indices`` into one float [0,1] batch on ``device``."""
         batch = torch.stack([self._read(int(i)) for i in indices.cpu()]) if len(indices) else \
             torch.empty((0, *self.image_shape), dtype=torch.uint8)
-        return batch.to(device).float().div_(255)
+        return to_unit_float(batch.to(device, non_blocking=True))
 
     def subset(self, indices: Tensor) -> FolderSource:
         """A new source holding samples ``indices`` (re-indexed from 0)."""

@@ -107,9 +107,9 @@ class TradesParams:
 
 def trades_attack(model: nn.Module, x: Tensor, clean_logits: Tensor, attack: Any) -> Tensor:
     """TRADES inner maximisation of KL(f(x) ‖ f(x')) from x + 0.001·N(0, I), model in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    from advtrain.attacks._common import attack_mode
+
+    with attack_mode(model):
         p_clean = clean_logits.detach()
         x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1).detach()
         for _ in range(attack.steps):
@@ -127,8 +127,6 @@ def trades_attack(model: nn.Module, x: Tensor, clean_logits: Tensor, attack: Any
                     x_adv = x + delta * (attack.eps / dnorm.clamp_min(1e-12)).clamp(max=1.0)
                 x_adv = x_adv.clamp(0, 1).detach()
         return x_adv
-    finally:
-        model.train(was_training)
 
 
 class TradesObjective:

@@ -37,13 +37,10 @@ class FastLPAParams:
 def fast_lpa(model: nn.Module, x: Tensor, y: Tensor, params: FastLPAParams, *, loss_fn: Any = None,
              cache: dict[str, nn.Module] | None = None) -> Tensor:
     """Fast-LPA adversarial examples in [0,1]; model in eval mode, its modes restored afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    from advtrain.attacks._common import attack_mode  # advtrain.attacks registers this module
+
+    with attack_mode(model):
         return _attack(model, x, y, params, cache)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
 
 
 def _attack(model: nn.Module, x: Tensor, y: Tensor, params: FastLPAParams,

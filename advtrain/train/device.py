@@ -60,6 +60,32 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         yield
 
 
+# ---------------------------------------------------------------------------------------------
+# The CUDA-only branches, named in one place and kept thin: everything else in the training path
+# (bf16 autocast, channels_last, the on-device data source, torch.compile, the gradient scaler)
+# is device-agnostic and runs in the CPU test suite. The others live in train/distributed.py
+# (NCCL and one GPU per rank) and are marked there.
+
+#: Raised by a CUDA allocation that does not fit; the loop turns it into advice (batch size, bf16).
+CUDA_OUT_OF_MEMORY = torch.cuda.OutOfMemoryError
+
+
+def prefers_channels_last(device: torch.device, requested: bool | None) -> bool:
+    """``train.channels_last``: as asked, else on CUDA only (cuDNN's fast convolution layout)."""
+    return requested if requested is not None else device.type == "cuda"
+
+
+def keeps_data_on_device(device: torch.device, requested: bool) -> bool:
+    """``train.data_on_device`` takes effect on CUDA (on the CPU the data already is on the device)."""
+    return requested and device.type == "cuda"
+
+
+def enable_cuda_autotuning(device: torch.device) -> None:
+    """Let cuDNN time its convolution algorithms for the (fixed) training shapes. CUDA only."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def derive_seed(seed: int, *parts: object) -> int:
     """A stable 63-bit seed from the run seed and a purpose (e.g. ``("epoch", 3)``)."""
     text = ":".join(map(str, (seed, *parts))).encode()

@@ -49,7 +49,7 @@ def is_main_process() -> bool:
 
 
 def init(ctx: DistContext, device: torch.device) -> torch.device:
-    """Join the process group; on CUDA each rank takes ``cuda:LOCAL_RANK``."""
+    """Join the process group; on CUDA each rank takes ``cuda:LOCAL_RANK`` (a CUDA-only branch: NCCL)."""
     if not ctx.enabled:
         return device
     if device.type == "cuda":

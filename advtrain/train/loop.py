@@ -29,13 +29,18 @@ from advtrain.objectives import weighted_mean
 from advtrain.train import distributed
 from advtrain.train import setup as build
 from advtrain.train.device import (
+    CUDA_OUT_OF_MEMORY,
     autocast,
     derive_seed,
+    enable_cuda_autotuning,
     generator,
+    keeps_data_on_device,
     pick_device,
+    prefers_channels_last,
     resolve_precision,
     seed_everything,
 )
+from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
 from advtrain.ui.console import Reporter
 
 #: Recipe keys that may change between a checkpoint and a resumed run.
@@ -44,14 +49,6 @@ RESUMABLE_KEYS = ("name", "device", "output", "eval")
 
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped training after a step; a resumable checkpoint was written."""
-
-
-def _grads_finite(model: nn.Module) -> bool:
-    """One device sync for all parameters: are every gradient's entries finite?"""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return True
-    return bool(torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()))
 
 
 @dataclass
@@ -133,12 +130,12 @@ class Trainer:
         seed_everything(recipe.seed)
         self.data = build.build_data(recipe)
         build.check_selector_fits(recipe, self.data)
-        if self.device.type == "cuda" and recipe.train.data_on_device:
+        if keeps_data_on_device(self.device, recipe.train.data_on_device):
             self.data = build.move_data_to_device(self.data, self.device)
         self.model = build.build_model_for(recipe, self.data).to(self.device)
-        if self.device.type == "cuda":
+        if prefers_channels_last(self.device, recipe.train.channels_last):
             self.model = self.model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
+        enable_cuda_autotuning(self.device)
         self.train_model: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -153,7 +150,7 @@ class Trainer:
         self.lr_factor = build.build_lr_schedule(recipe)
         self.eval_attacks = build.build_eval_attacks(recipe.eval.attacks, eps=recipe.eval.eps,
                                                       alpha=recipe.eval.alpha)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.out_dir = Path(recipe.output.dir)
         self.epoch = 0
         self.step = 0
@@ -310,6 +307,8 @@ class Trainer:
 
         ``start_batch`` > 0 continues an interrupted epoch: the first batches are drawn again (so
         the data order and augmentation generator advance exactly as before) but not trained on.
+        Statistics stay on the device and are read every ``train.log_every`` batches
+        (:mod:`advtrain.train.step_monitor`), where divergence and DDP stop requests are acted on.
         """
         from advtrain.data import iterate_batches
 
@@ -326,9 +325,10 @@ class Trainer:
         self.reporter.epoch_start(epoch, batches, phase)
         self.train_model.train()
         partial = partial or {}
-        total_loss, total_correct = partial.get("loss_sum", 0.0), partial.get("correct", 0)
-        seen = partial.get("seen", 0)
-        epochs = self.recipe.schedule.epochs
+        selection = partial.get("selection")
+        monitor = StepMonitor(self.device, partial)
+        finite = self._finite_state(start_batch, partial)
+        log_every = self.recipe.train.log_every
         for b, (x, y, idx) in enumerate(iterate_batches(
                 self.data.train, indices, self.data.batch_size, shuffle=True, generator=gen,
                 augment=self.data.augment, padding=self.data.padding, device=self.device,
@@ -337,92 +337,105 @@ class Trainer:
                 break
             if b < start_batch:  # trained before the interruption
                 continue
-            so_far = {"loss_sum": total_loss, "correct": total_correct, "seen": seen,
-                      "selection": partial.get("selection")}
-            factor = self.lr_factor(epoch + b / batches, epochs)
-            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-                group["lr"] = base * factor
-            try:
-                with autocast(self.device, self.amp_dtype):
-                    out = self.objective.loss(self.train_model, x, y)
-                batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device)]
-                correct = (out.logits.detach().argmax(1) == y).sum()
-                loss, loss_value, correct, count = self._global_loss(out.losses.float(), batch_weights, correct,
-                                                                     len(y))
-                if not math.isfinite(loss_value):
-                    self._diverged(epoch, b, "loss", so_far)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.unscale_(self.optimizer)
-                else:
-                    loss.backward()
-            except torch.cuda.OutOfMemoryError:
-                raise UserError(self._oom_message(epoch, b)) from None
-            if self.scaler is None and not _grads_finite(self.model):
-                self._diverged(epoch, b, "gradients", so_far)
-            if self.recipe.train.grad_clip_value is not None:
-                nn.utils.clip_grad_value_(self.model.parameters(), self.recipe.train.grad_clip_value)
+            self._train_step(epoch, b, batches, x, y, idx, weights_dev, monitor)
+            done = b + 1
+            # One process stops after the step a signal interrupted; data-parallel ranks stop together
+            # at the first read after the request reached every rank through the step's all-reduce.
+            stop_here = self._stop_signal is not None and not self.dist.enabled
+            if done % log_every == 0 or done == batches or stop_here:
+                totals = monitor.read()  # the one host sync of this window
+                if totals.first_bad_batch is not None:
+                    self._diverged(epoch, totals, finite, selection)
+                self.reporter.progress(done, totals.loss_sum / max(totals.seen, 1),
+                                       totals.correct / max(totals.seen, 1))
+                if stop_here or totals.stop:
+                    self._stop_any = True
+                    path = self._save_in_epoch(epoch, done, {**totals.partial(), "selection": selection})
+                    raise TrainingInterrupted(self._interrupt_message(epoch, done, path))
+                if done < batches:
+                    finite = self._finite_state(done, totals.partial())
+        totals = monitor.read()
+        return {"train_loss": totals.loss_sum / max(totals.seen, 1), "train_acc": totals.correct / max(totals.seen, 1),
+                "samples": int(totals.seen)}
+
+    def _train_step(self, epoch: int, b: int, batches: int, x: Tensor, y: Tensor, idx: Tensor,
+                    weights_dev: Tensor | None, monitor: StepMonitor) -> None:
+        """Attack, weighted loss, backward, optimizer step; its figures go to ``monitor`` (no host sync)."""
+        factor = self.lr_factor(epoch + b / batches, self.recipe.schedule.epochs)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+        try:
+            with autocast(self.device, self.amp_dtype):
+                out = self.objective.loss(self.train_model, x, y)
+            batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device, non_blocking=True)]
+            correct = (out.logits.detach().argmax(1) == y).sum()
+            loss, loss_value, correct, count, stop = self._global_loss(out.losses.float(), batch_weights,
+                                                                       correct, len(y))
+            self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
             else:
-                self.optimizer.step()
-            self.step += 1
-            total_loss += loss_value * count
-            total_correct += correct
-            seen += count
-            self.reporter.batch(loss_value, correct / max(count, 1))
-            if self._stop_requested:
-                path = self._save_in_epoch(epoch, b + 1, {"loss_sum": total_loss, "correct": total_correct,
-                                                          "seen": seen, "selection": partial.get("selection")})
-                raise TrainingInterrupted(self._interrupt_message(epoch, b + 1, path))
-        return {"train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
-                "samples": seen}
+                loss.backward()
+        except CUDA_OUT_OF_MEMORY:
+            raise UserError(self._oom_message(epoch, b)) from None
+        # fp16: the gradient scaler skips steps with inf/NaN gradients and lowers its scale itself.
+        finite = grads_finite(self.model) if self.scaler is None else None
+        monitor.record(b, loss_value, correct, count, finite, stop)
+        if self.recipe.train.grad_clip_value is not None:
+            nn.utils.clip_grad_value_(self.model.parameters(), self.recipe.train.grad_clip_value)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.step += 1
+
+    def _finite_state(self, batch: int, partial: dict[str, Any]) -> FiniteState:
+        return FiniteState.take(self.model, self.optimizer, self.device, batch=batch, step=self.step,
+                                partial={k: v for k, v in partial.items() if k != "selection"})
 
     def _global_loss(self, losses: Tensor, weights: Tensor | None, correct: Tensor,
-                     count: int) -> tuple[Tensor, float, int, int]:
-        """The loss to back-propagate plus the batch's (global) loss value, correct count and size.
+                     count: int) -> tuple[Tensor, Tensor, Tensor, Tensor | int, Tensor | None]:
+        """The loss to back-propagate plus the batch's (global) loss value, correct count, size, stop flag.
 
-        Data parallel: each rank holds a slice of the global batch; scaling the local Σγℓ by
-        world/Σ_global γ makes DDP's gradient average equal the gradient of Σγℓ/Σγ over the
-        whole global batch. One all-reduce per step also carries the stop request and the stats.
+        All device tensors (nothing is read back). Data parallel: each rank holds a slice of the
+        global batch; scaling the local Σγℓ by world/Σ_global γ makes DDP's gradient average equal
+        the gradient of Σγℓ/Σγ over the whole global batch. One all-reduce per step also carries
+        the stop request and the statistics.
         """
         if not self.dist.enabled:
             loss = weighted_mean(losses, weights)
-            return loss, float(loss.detach()), int(correct), count
+            return loss, loss.detach(), correct, count, None
         w = torch.ones_like(losses) if weights is None else weights.to(losses.dtype)
         local = (w * losses).sum()
-        stats = torch.stack([w.sum().detach(), local.detach(), correct.float(),
-                             torch.tensor(float(count), device=losses.device),
-                             torch.tensor(float(self._stop_signal is not None), device=losses.device)])
+        flags = torch.tensor([float(count), float(self._stop_signal is not None)]).to(losses.device, non_blocking=True)
+        stats = torch.cat([torch.stack([w.sum().detach(), local.detach(), correct.float()]), flags])
         distributed.all_reduce_sum(self.dist, stats)
-        self._stop_any = bool(stats[4] > 0)
         loss = local * self.dist.world / stats[0]
-        return loss, float(stats[1] / stats[0]), int(stats[2]), int(stats[3])
+        return loss, stats[1] / stats[0], stats[2], stats[3], stats[4]
 
     def _stop_everywhere(self) -> bool:
         """Did any rank get SIGINT/SIGTERM? (one all-reduce when data parallel)."""
         flag = torch.tensor([float(self._stop_signal is not None or self._stop_any)], device=self.device)
         return bool(distributed.all_reduce_sum(self.dist, flag)[0] > 0)
 
-    @property
-    def _stop_requested(self) -> bool:
-        return self._stop_any if self.dist.enabled else self._stop_signal is not None
-
-    def _diverged(self, epoch: int, batch: int, what: str, so_far: dict[str, Any]) -> None:
-        """Keep the last finite state (this batch's start, else the last checkpoint), then stop with a hint."""
-        finite = all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values()
-                     if t.is_floating_point())
-        if finite:
-            kept = f"the state before this batch is saved in {self._save_in_epoch(epoch, batch, so_far)}"
+    def _diverged(self, epoch: int, totals: StepTotals, finite: FiniteState, selection: Any) -> None:
+        """Roll back to the last finite state of this epoch, save it, and stop with a hint."""
+        finite.restore(self.model, self.optimizer, self.device)
+        self.step = finite.step
+        bad = totals.first_bad_batch if totals.first_bad_batch is not None else finite.batch
+        if finite.is_finite():
+            path = self._save_in_epoch(epoch, finite.batch, {**finite.partial, "selection": selection})
+            kept = f"the state before batch {finite.batch + 1} is saved in {path}"
         else:
             last = self.out_dir / "last.safetensors"
             kept = (f"the weights already overflowed, so {last} (the last finite checkpoint) is kept"
                     if last.exists() else "no finite checkpoint was written yet")
         raise DivergenceError(
-            f"non-finite {what} at epoch {epoch + 1}, batch {batch + 1}; {kept}. Try a lower optim.lr, "
-            f"precision=fp32, or train.grad_clip_value; continue with --resume --force after changing the recipe.")
+            f"non-finite {totals.bad_kind or 'loss'} at epoch {epoch + 1}, batch {bad + 1}; {kept}. Try a lower "
+            f"optim.lr, precision=fp32, or train.grad_clip_value; continue with --resume --force after changing "
+            f"the recipe.")
 
     def _oom_message(self, epoch: int, batch: int) -> str:
         last = self.out_dir / "last.safetensors"

@@ -66,7 +66,7 @@ class Reporter(Protocol):
 
     def start(self, total_epochs: int, first_epoch: int) -> None: ...
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None: ...
-    def batch(self, loss: float, acc: float) -> None: ...
+    def progress(self, done: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None: ...
     def message(self, text: str) -> None: ...
     def stop(self) -> None: ...
@@ -77,7 +77,7 @@ class SilentReporter:
 
     def start(self, total_epochs: int, first_epoch: int) -> None: ...
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None: ...
-    def batch(self, loss: float, acc: float) -> None: ...
+    def progress(self, done: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None: ...
     def message(self, text: str) -> None: ...
     def stop(self) -> None: ...
@@ -100,9 +100,6 @@ class ProgressReporter:
         )
         self._epoch_task: TaskID | None = None
         self._batch_task: TaskID | None = None
-        self._loss = 0.0
-        self._acc = 0.0
-        self._seen = 0
         self._val = ""
 
     def start(self, total_epochs: int, first_epoch: int) -> None:
@@ -111,19 +108,18 @@ class ProgressReporter:
                                                    status="")
 
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None:
-        self._loss = self._acc = 0.0
-        self._seen = 0
         if self._batch_task is not None:
             self._progress.remove_task(self._batch_task)
         self._batch_task = self._progress.add_task(f"epoch {epoch + 1} [{phase}]", total=batches, status="")
 
-    def batch(self, loss: float, acc: float) -> None:
-        self._seen += 1
-        self._loss += (loss - self._loss) / self._seen
-        self._acc += (acc - self._acc) / self._seen
+    def progress(self, done: int, loss: float, acc: float) -> None:
+        """``done`` batches of the epoch trained; ``loss``/``acc`` are the epoch's means so far.
+
+        Called every ``train.log_every`` batches (the loop reads its device-side sums only then).
+        """
         assert self._batch_task is not None
-        self._progress.update(self._batch_task, advance=1,
-                              status=f"loss {self._loss:.4f}  train acc {self._acc:.3f}")
+        self._progress.update(self._batch_task, completed=done,
+                              status=f"loss {loss:.4f}  train acc {acc:.3f}")
 
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None:
         val = summary.get("val") or {}

@@ -26,3 +26,38 @@ def test_source_on_device_loads_the_same_batches():
     source = ArraySource(images, torch.arange(10))
     idx = torch.tensor([3, 1, 7])
     assert torch.equal(source.to_device("cuda").load(idx, "cuda").cpu(), source.load(idx))
+
+
+@pytest.mark.parametrize("objective", ["adversarial", "trades"])
+def test_training_steps_make_no_host_sync(tmp_path, objective):
+    """Between two statistics reads the hot loop never waits for the GPU (CUDA's sync debug mode errors)."""
+    from advtrain.config.load import validate
+    from advtrain.data import iterate_batches
+    from advtrain.train.device import generator
+    from advtrain.train.loop import Trainer
+    from advtrain.train.step_monitor import StepMonitor
+    from advtrain.ui.console import SilentReporter
+
+    recipe = validate({
+        "name": "sync", "device": "cuda", "precision": "bf16",
+        "data": {"name": "synthetic", "n_train": 64, "n_test": 8, "num_classes": 4, "image_size": 8, "channels": 3,
+                 "batch_size": 16, "val_fraction": 0.0, "augment": "crop_flip"},
+        "model": {"name": "small_cnn"}, "objective": {"name": objective},
+        "attack": {"name": "pgd", "eps": "8/255", "alpha": "2/255", "steps": 2}, "selector": {"name": "full"},
+        "schedule": {"epochs": 1}, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "eval": {"attacks": ["clean"], "n_examples": 8}, "output": {"dir": str(tmp_path / "run")}})
+    trainer = Trainer(recipe, SilentReporter())
+    trainer.train_epoch(0, "full")  # warm-up: allocator, cuDNN autotuning
+    weights = torch.rand(64, device="cuda")
+    monitor = StepMonitor(trainer.device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for b, (x, y, idx) in enumerate(iterate_batches(
+                trainer.data.train, torch.arange(64), 16, shuffle=True, generator=generator(3), augment="crop_flip",
+                padding=trainer.data.padding, device=trainer.device)):
+            trainer._train_step(0, b, 4, x, y, idx, weights, monitor)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    totals = monitor.read()
+    assert totals.seen == 64 and totals.first_bad_batch is None
