@@ -58,7 +58,7 @@ def load_model_from_checkpoint(path: Path, data_overrides: list[str],
         extra = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
         recipe = validate(apply_overrides(recipe.resolved, extra), source=f"{path} (stored recipe + --data)")
     data = build.build_data(recipe)
-    model = build.build_model_for(recipe, data)
+    model = build.build_model_for(recipe, data, weights_from_checkpoint=True)
     ckpt_io.load_model_weights(ckpt, model)
     return ckpt, recipe, data, model.to(device).eval()
 
