@@ -57,16 +57,16 @@ def _check_members(path: Path, limit: int) -> None:
                     raise DataError(f"'{path}' key '{name}' holds Python objects (dtype {dtype}); they would "
                                     "need pickle, which advtrain never loads. Store numbers only.")
                 nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                if nbytes + header != info.file_size:
-                    raise DataError(f"'{path}' key '{name}' declares shape {tuple(shape)} {dtype} "
-                                    f"({nbytes} bytes) but holds {info.file_size - header} bytes; the file is "
-                                    "corrupt or was not written by numpy.savez")
                 total += nbytes
                 if total > limit:
                     raise DataError(f"'{path}' decompresses to more than {limit / 2**30:.1f} GiB (key '{name}' "
                                     f"alone declares shape {tuple(shape)} {dtype}, {nbytes / 2**30:.1f} GiB), "
                                     "more than half this machine's memory; use a smaller file or the "
                                     "imagefolder dataset, which reads images from disk")
+                if nbytes + header != info.file_size:
+                    raise DataError(f"'{path}' key '{name}' declares shape {tuple(shape)} {dtype} "
+                                    f"({nbytes} bytes) but holds {info.file_size - header} bytes; the file is "
+                                    "corrupt or was not written by numpy.savez")
     except (zipfile.BadZipFile, OSError) as err:
         raise DataError(f"cannot read '{path}' as a .npz archive ({err})") from None
 
