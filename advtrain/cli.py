@@ -20,21 +20,36 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 LIST_KINDS = ("models", "datasets", "objectives", "attacks", "selectors", "optimizers", "lr_schedules",
               "recipes")
+_options = {"debug": False}
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="with an error, also print the Python traceback"),
+) -> None:
+    """Efficient adversarial training with adversarial coreset selection."""
+    _options["debug"] = debug
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors into a readable panel and exit code 2."""
+    """Turn user errors into a readable panel and exit code 2 (signals: their message and 130)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from advtrain.interrupts import CommandInterrupted
         from advtrain.train.loop import TrainingInterrupted
         from advtrain.ui import console
 
         try:
             return fn(*args, **kwargs)
         except UserError as err:
+            if _options["debug"]:
+                console.print_traceback(err)
             console.print_error(err.title, str(err))
             raise typer.Exit(2) from None
+        except CommandInterrupted as err:
+            console.print_error("interrupted", str(err))
+            raise typer.Exit(130) from None
         except TrainingInterrupted as err:
             console.print_error("interrupted", str(err))
             raise typer.Exit(130) from None
@@ -58,7 +73,7 @@ def validate(
 
     resolved = load_recipe(recipe, overrides or [])
     console.print_text(resolved.to_yaml())
-    console.info(f"[green]ok[/]: {resolved.source} is valid")
+    console.info(f"ok: {resolved.source} is valid", style="green")
 
 
 @app.command()
@@ -74,34 +89,67 @@ def run(
 ) -> None:
     """Train with a recipe: adversarial training, optionally on adversarial coresets."""
     from advtrain.config.load import load_recipe
+    from advtrain.interrupts import on_signals
     from advtrain.train.distributed import is_main_process
-    from advtrain.train.loop import Trainer, check_output_dir
-    from advtrain.train.report import write_run_report
-    from advtrain.ui import console
+    from advtrain.train.loop import check_output_dir
 
     resolved = load_recipe(recipe, overrides or [])
     main_process = is_main_process()
+    folder = None
     if main_process:
-        check_output_dir(Path(resolved.output.dir), resume or resume_from is not None, overwrite)
-    reporter = console.ProgressReporter() if main_process else console.SilentReporter()
-    trainer = Trainer(resolved, reporter, device=device)
+        folder = check_output_dir(Path(resolved.output.dir), resume or resume_from is not None, overwrite)
+    state: dict[str, Any] = {"trainer": None}
     try:
-        checkpoint = resume_from
-        if resume and checkpoint is None:
-            checkpoint = Path(resolved.output.dir) / "last.safetensors"
-            if not checkpoint.exists():
-                raise UserError(f"--resume: no checkpoint at '{checkpoint}' (output.dir of this recipe); "
-                                f"run without --resume to start, or give --resume-from PATH.")
+        with on_signals(lambda sig: _run_interrupted(sig, state["trainer"], resolved)):
+            _run(resolved, state, folder, main_process, resume=resume, resume_from=resume_from, force=force,
+                 overwrite=overwrite, device=device)
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _run(resolved: Any, state: dict[str, Any], folder: Any, main_process: bool, *, resume: bool,
+         resume_from: Path | None, force: bool, overwrite: bool, device: str | None) -> None:
+    from advtrain.train.loop import Trainer
+    from advtrain.train.report import write_run_report
+    from advtrain.ui import console
+
+    checkpoint = resume_from
+    if resume and checkpoint is None:
+        checkpoint = Path(resolved.output.dir) / "last.safetensors"
+        if not checkpoint.exists():
+            raise UserError(f"--resume: no checkpoint at '{checkpoint}' (output.dir of this recipe); "
+                            f"run without --resume to start, or give --resume-from PATH.")
+    reporter = console.ProgressReporter() if main_process else console.SilentReporter()
+    trainer = state["trainer"] = Trainer(resolved, reporter, device=device)
+    try:
         if main_process:
             precision = "fp32" if trainer.amp_dtype is None else str(trainer.amp_dtype).replace("torch.", "")
             world = f", {trainer.dist.world} processes" if trainer.dist.enabled else ""
-            console.info(f"advtrain run [bold]{resolved.name}[/] on {trainer.device} ({precision}{world}) "
-                         f"→ {trainer.out_dir}")
-        result = trainer.fit(resume=checkpoint, force=force, overwrite=overwrite)
-        if main_process:
+            console.info(f"advtrain run {resolved.name} on {trainer.device} ({precision}{world}) → {trainer.out_dir}")
+        result = trainer.fit(resume=checkpoint, force=force, overwrite=overwrite, folder=folder)
+        if main_process and result.finished_before:
+            console.info(f"{result.out_dir} already holds the finished run and its report; nothing was changed.")
+        elif main_process:
             _print_run_summary(resolved, write_run_report(trainer, result), result)
     finally:
         trainer.close()
+
+
+def _run_interrupted(sig: str, trainer: Any, resolved: Any) -> str:
+    """What a SIGINT/SIGTERM outside the training epochs means for the run, in its own words."""
+    last = Path(resolved.output.dir) / "last.safetensors"
+    phase = getattr(trainer, "phase", "setup")
+    if phase == "testing":
+        return (f"stopped by {sig} during the final test evaluation; every epoch is saved in {last}. Finish the "
+                f"run (only the test evaluation and the report are redone) with: advtrain run <recipe> --resume "
+                f"(same recipe and overrides).")
+    if phase == "reporting":
+        return (f"stopped by {sig} while writing the run's report; every epoch is saved in {last}. Write the "
+                f"report with: advtrain run <recipe> --resume (same recipe and overrides).")
+    return (f"stopped by {sig} while setting up the run (before or between epochs, outside a training step); "
+            f"no epoch was lost: checkpoints already in {last.parent} are intact. Run the same command again "
+            f"(with --resume if {last} exists).")
 
 
 def _print_run_summary(resolved: Any, report: dict, result: Any) -> None:
@@ -125,27 +173,35 @@ def eval_cmd(
     attack: list[str] | None = typer.Option(None, "--attack", "-a", help="attack name, repeatable; "
                                                "comma lists allowed (clean,pgd50,aa,aa-l2@1,ppgd40,lpa40,"
                                                "stadv100,recolor100, group: unseen); see advtrain list attacks"),
-    n_examples: int = typer.Option(1000, "--n-examples", min=1, help="first N examples of the split"),
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    n_examples: int = typer.Option(1000, "--n-examples", min=1, max=10**8, help="first N examples of the split"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, max=65_536),
     eps: str | None = typer.Option(None, "--eps",
                                    help="override the ℓp ε, e.g. 4/255 (LPIPS/flow/colour bounds: name@bound)"),
     alpha: str | None = typer.Option(None, "--alpha", help="override the step size, e.g. 1/255"),
-    steps: int | None = typer.Option(None, "--steps", min=1),
-    restarts: int | None = typer.Option(None, "--restarts", min=1),
+    steps: int | None = typer.Option(None, "--steps", min=1, max=10_000),
+    restarts: int | None = typer.Option(None, "--restarts", min=1, max=1000),
     eps_sweep: str | None = typer.Option(None, "--eps-sweep", help="comma list of ε, e.g. 0,2/255,4/255,8/255"),
     split: str = typer.Option("test", "--split", help="test or val"),
     data: list[str] | None = typer.Option(None, "--data", help="data.* override, e.g. --data path=c10.npz"),
     out: Path | None = typer.Option(None, "--out", help="report folder (default: <run>/eval)"),
     device: str | None = typer.Option(None, "--device"),
-    seed: int = typer.Option(0, "--seed", help="seed for random starts"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="seed for random starts"),
 ) -> None:
     """Evaluate a checkpoint under standard attacks; write eval/report.{json,md} and a plot."""
     from advtrain.eval.command import run_eval
+    from advtrain.interrupts import on_signals
 
     names = [n.strip() for a in (attack or ["clean", "pgd20"]) for n in a.split(",") if n.strip()]
-    run_eval(checkpoint, names, n_examples=n_examples, batch_size=batch_size, eps=eps, alpha=alpha,
-             steps=steps, restarts=restarts, eps_sweep=eps_sweep, split=split, data_overrides=data or [],
-             out=out, device=device, seed=seed)
+    with on_signals(_eval_interrupted):
+        run_eval(checkpoint, names, n_examples=n_examples, batch_size=batch_size, eps=eps, alpha=alpha,
+                 steps=steps, restarts=restarts, eps_sweep=eps_sweep, split=split, data_overrides=data or [],
+                 out=out, device=device, seed=seed)
+
+
+def _eval_interrupted(sig: str) -> str:
+    return (f"advtrain eval stopped by {sig} before it finished; the checkpoint is untouched and report files "
+            f"are only ever replaced whole, so any earlier report is intact. Run the same command again to "
+            f"evaluate.")
 
 
 @app.command()

@@ -22,8 +22,8 @@ from advtrain.config.params import param
 class FGSMParams:
     """FGSM / FGSM-RS (Fast-AT): one signed gradient step from a random start."""
 
-    eps: float = param(8 / 255, ge=0, help="ℓ∞ radius in [0,1] pixel units")
-    alpha: float = param(10 / 255, ge=0, help="step size (Fast-AT: 1.25·ε); without random start the "
+    eps: float = param(8 / 255, ge=0, le=1, help="ℓ∞ radius in [0,1] pixel units")
+    alpha: float = param(10 / 255, ge=0, le=1, help="step size (Fast-AT: 1.25·ε); without random start the "
                                               "step is ε and alpha is not used")
     random_start: bool = param(True, help="FGSM-RS: start uniformly in the ε-ball (needed against "
                                           "catastrophic overfitting)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from advtrain.errors import RecipeError, UserError, did_you_mean
 from advtrain.registry import Registry
 
 TOP_KEYS = [f.name for f in dataclasses.fields(RecipeTop)]
+#: ``${key}``, ``${section.key}``, ``${list[0]}`` or relative ``${.key}``: the only interpolation a recipe may use.
+_PLAIN_INTERPOLATION = re.compile(r"\$\{\.*[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*|\[\d+\])*\}")
+#: A recipe stored in a checkpoint larger than this is not one advtrain wrote.
+MAX_STORED_RECIPE = 1_000_000
 ALL_SECTIONS = [*TOP_KEYS, *COMPONENT_SECTIONS, *FIXED_SECTIONS]
 
 
@@ -175,8 +180,40 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def interpolation_problem(text: str) -> str | None:
+    """Why ``text`` may not be interpolated, or None when it only uses plain ``${key}`` references.
+
+    OmegaConf's resolvers (``${oc.env:...}``, ``${oc.decode:...}``, custom ones) would let a shared
+    recipe read the environment into recipe.yaml, reports and checkpoints; only references to other
+    recipe keys are allowed. ``\\${...}`` is a literal and always fine.
+    """
+    rest = _PLAIN_INTERPOLATION.sub("", text.replace("\\${", ""))
+    if "${" not in rest:
+        return None
+    return (f"'{text}' uses a resolver or expression; only plain interpolation of another recipe key is "
+            "allowed (e.g. ${name} or ${data.batch_size}), never ${oc.env:...} or other resolvers: a recipe "
+            "does not read the environment")
+
+
+def _leaves(node: Any, path: str) -> list[tuple[str, str]]:
+    """(key path, text) of every string leaf that contains ``${``."""
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(node, list):
+        return [leaf for i, v in enumerate(node) for leaf in _leaves(v, f"{path}[{i}]")]
+    return [(path, node)] if isinstance(node, str) and "${" in node else []
+
+
 def _resolve_interpolations(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
-    """Resolve ``${...}`` leaf by leaf so that each broken one is reported with its key path."""
+    """Resolve ``${...}`` leaf by leaf so that each broken one is reported with its key path.
+
+    Every leaf is checked first: a single resolver anywhere stops all resolution, since a plain
+    ``${name}`` would otherwise evaluate the resolver stored under ``name``.
+    """
+    refused = [f"{path}: {bad}" for path, text in _leaves(data, "") if (bad := interpolation_problem(text))]
+    if refused:
+        problems.extend(refused)
+        return data
     cfg = OmegaConf.create(data)
 
     def walk(node: Any, path: str) -> Any:
@@ -189,7 +226,7 @@ def _resolve_interpolations(data: dict[str, Any], problems: list[str]) -> dict[s
                 return OmegaConf.select(cfg, path, throw_on_resolution_failure=True)
             except OmegaConfBaseException as err:
                 problems.append(f"{path}: cannot resolve interpolation '{node}' ({str(err).splitlines()[0]})")
-                return node.replace("${", "\\${")
+                return node  # kept as text: check_params stores every value literally
         return node
 
     return walk(data, "")
@@ -239,13 +276,16 @@ def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cfg[key] = value
+                cfg[key] = _literal(value)
+                current = cfg[key]  # an escaped ${...} in a number field fails only when read back
         except OmegaConfBaseException as err:
             expected = _type_name(hints[key])
             problems.append(f"{path}.{key}: expected {expected}, got {value!r} "
                             f"({str(err).splitlines()[0]})")
             continue
-        bad = check_range(cfg[key], fields[key])
+        if OmegaConf.is_config(current):  # lists: check_range checks each item
+            current = OmegaConf.to_container(current)
+        bad = check_range(current, fields[key])
         if bad:
             problems.append(f"{path}.{key}: {bad}")
     for name in fields:
@@ -255,6 +295,17 @@ def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException:
         return None
+
+
+def _literal(value: Any) -> Any:
+    """Escape ``${`` so OmegaConf stores the text as written: values are resolved (or refused) before here."""
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    return value
 
 
 def _type_name(hint: Any) -> str:
@@ -298,6 +349,7 @@ def _check_component(section: str, spec: Any, problems: list[str]) -> Component 
         params_cls = entry.params if entry else _model_params_cls()
         values = dict(spec)
         params = check_params(params_cls, values, section, f"model '{name}'", problems)
+        _own_problems(section, params, problems)
         return Component(str(name), params)
     if name not in registry:
         problems.append(f"{section}.name: {registry.unknown_message(name)}")
@@ -310,6 +362,7 @@ def _check_component(section: str, spec: Any, problems: list[str]) -> Component 
         return Component(str(name), None)
     before = len(problems)
     params = check_params(entry.params, values, section, f"{section} '{name}'", problems)
+    _own_problems(section, params, problems)
     # A key that belongs to another component of this kind is most likely left over from switching
     # `name` alone: point at the override that swaps the whole section.
     others = {f.name for e in registry.entries() if e.name != name and e.params for f in dataclasses.fields(e.params)}
@@ -322,14 +375,28 @@ def _check_component(section: str, spec: Any, problems: list[str]) -> Component 
     return Component(str(name), params)
 
 
+def _own_problems(section: str, params: Any, problems: list[str]) -> None:
+    """Rules a params dataclass checks itself (``problems()``), e.g. the allow-list of model.kwargs."""
+    check = getattr(params, "problems", None)
+    if callable(check):
+        problems.extend(f"{section}.{p}" for p in check())
+
+
 def _model_params_cls() -> type:
     from advtrain.models import ModelParams
 
     return ModelParams
 
 
-def validate(data: dict[str, Any], source: str | None = None) -> Recipe:
-    """Validate a recipe dict (after overrides); raise one RecipeError listing every problem."""
+def validate(data: dict[str, Any], source: str | None = None, *, interpolate: bool = True) -> Recipe:
+    """Validate a recipe dict (after overrides); raise one RecipeError listing every problem.
+
+    Args:
+        data: The recipe as plain data.
+        source: Where it came from, for messages.
+        interpolate: Resolve plain ``${key}`` references. False for recipes stored in checkpoints:
+            they are data, written resolved, and any ``${`` in them stays literal text.
+    """
     problems: list[str] = []
     for key in data:
         if key not in ALL_SECTIONS:
@@ -347,17 +414,25 @@ def validate(data: dict[str, Any], source: str | None = None) -> Recipe:
     for key in TOP_KEYS:
         merged.setdefault(key, top_defaults[key])
     defaults_for_interp = {s: {**_defaults(cls), **merged[s]} for s, cls in FIXED_SECTIONS.items()}
-    merged = _resolve_interpolations({**merged, **defaults_for_interp}, problems)
+    merged = {**merged, **defaults_for_interp}
+    if interpolate:
+        merged = _resolve_interpolations(merged, problems)
     top = check_params(RecipeTop, {k: merged[k] for k in TOP_KEYS}, "recipe", "the recipe", problems)
     fixed = {}
     for section, cls in FIXED_SECTIONS.items():
         fixed[section] = check_params(cls, merged[section], section, f"section '{section}'", problems)
     components = {s: _check_component(s, merged.get(s), problems) for s in COMPONENT_SECTIONS}
+    out_dir = getattr(fixed["output"], "dir", None)
+    if isinstance(out_dir, str) and ".." in Path(out_dir).parts:
+        problems.append(f"output.dir: '{out_dir}' goes up with '..'; a recipe writes below the folder it is run "
+                        "from (or at an absolute path you give), e.g. output.dir=runs/mine")
     if not problems:
         _cross_checks(components, fixed, problems)
     if problems:
-        raise RecipeError([p.replace("recipe.", "", 1) if p.startswith("recipe.") else p for p in problems],
-                          source=source)
+        problems = [p.replace("recipe.", "", 1) if p.startswith("recipe.") else p for p in problems]
+        refused = {p.split(":", 1)[0] for p in problems if "uses a resolver" in p}  # one message per key
+        problems = [p for p in problems if "uses a resolver" in p or p.split(":", 1)[0] not in refused]
+        raise RecipeError(problems, source=source)
     resolved = _as_written(merged, components, fixed, top)
     return Recipe(
         name=top.name, seed=top.seed, device=top.device, precision=top.precision,
@@ -430,11 +505,17 @@ def load_recipe(path_or_name: str, overrides: list[str] | None = None) -> Recipe
 
 
 def recipe_from_yaml_text(text: str, source: str) -> Recipe:
-    """Validate a recipe stored as YAML text (e.g. inside a checkpoint's metadata)."""
+    """Validate a recipe stored as YAML text (e.g. inside a checkpoint's metadata).
+
+    Parsed as plain data (``yaml.safe_load``): no OmegaConf, no resolvers, no interpolation.
+    """
+    if len(text) > MAX_STORED_RECIPE:
+        raise RecipeError([f"stored recipe is {len(text)} characters; advtrain writes recipes of a few "
+                           "kilobytes, so this checkpoint was not written by advtrain"], source)
     try:
-        data = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
-    except (yaml.YAMLError, OmegaConfBaseException) as err:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
         raise RecipeError([f"stored recipe is not valid YAML: {str(err).splitlines()[0]}"], source) from None
     if not isinstance(data, dict):
         raise RecipeError(["stored recipe is not a mapping"], source)
-    return validate(data, source=source)
+    return validate(data, source=source, interpolate=False)

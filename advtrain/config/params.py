@@ -8,11 +8,14 @@ rules live next to the default they constrain and ``advtrain list`` can print th
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
 _FRACTION = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\s*/\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\s*$")
+#: Every integer parameter must fit in a signed 64-bit integer (torch and numpy take nothing wider).
+INT_LIMIT = 2**63
 _NUMBER = re.compile(r"^\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*$")
 
 
@@ -25,12 +28,19 @@ def param(
     le: float | None = None,
     lt: float | None = None,
     choices: Sequence[Any] | None = None,
+    pattern: str | None = None,
+    path: bool = False,
+    length: int | None = None,
 ) -> Any:
     """A dataclass field with help text and validation rules in its metadata.
 
-    Mutable defaults (lists, dicts) are wrapped in a ``default_factory`` automatically.
+    ``pattern`` is a regular expression a string must match in full (e.g. a file-name-safe run
+    name); ``path`` marks a string that names a file or folder (its own rules live with the
+    component that opens it). Mutable defaults (lists, dicts) are wrapped in a ``default_factory``
+    automatically.
     """
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "pattern": pattern,
+            "path": path, "length": length}
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -54,10 +64,14 @@ def parse_number(value: Any) -> Any:
         numerator, denominator = float(match.group(1)), float(match.group(2))
         if denominator == 0:
             raise FractionError(f"'{value}' divides by zero")
-        return numerator / denominator
-    if _NUMBER.match(value):
-        return float(value)
-    return value
+        number = numerator / denominator
+    elif _NUMBER.match(value):
+        number = float(value)
+    else:
+        return value
+    if not math.isfinite(number):
+        raise FractionError(f"'{value}' is not a finite number")
+    return number
 
 
 def check_range(value: Any, field: dataclasses.Field) -> str | None:
@@ -66,8 +80,23 @@ def check_range(value: Any, field: dataclasses.Field) -> str | None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         return f"must be one of {', '.join(map(str, choices))}, got '{value}'"
+    pattern = meta.get("pattern")
+    if pattern is not None and isinstance(value, str) and not re.fullmatch(pattern, value):
+        return f"'{value}' is not allowed here ({meta.get('help') or 'see advtrain list'}; must match {pattern})"
+    if isinstance(value, list):
+        if meta.get("length") is not None and len(value) != meta["length"]:
+            return f"must be a list of {meta['length']} values, got {len(value)}"
+        for item in value:
+            bad = check_range(item, field)
+            if bad:
+                return bad
+        return None
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+        return f"must fit in 64 bits (|value| < 2^63), got {value}"
     tests = {"ge": (lambda b: value >= b, ">="), "gt": (lambda b: value > b, ">"),
              "le": (lambda b: value <= b, "<="), "lt": (lambda b: value < b, "<")}
     for key, (holds, symbol) in tests.items():
@@ -93,6 +122,8 @@ def describe_fields(params: type | None) -> list[tuple[str, str, str]]:
                  (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if f.metadata.get(k) is not None]
         if f.metadata.get("choices"):
             rules.append("one of " + "|".join(map(str, f.metadata["choices"])))
+        if f.metadata.get("pattern"):
+            rules.append(f"matches {f.metadata['pattern']}")
         text = f.metadata.get("help", "")
         if rules:
             text = f"{text} [{', '.join(rules)}]".strip()

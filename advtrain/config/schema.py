@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from advtrain.config.params import param
 
+#: A run name is one file-name-safe path component (no '/', no leading '.', at most 100 characters).
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+#: Upper bounds shared by several sections: beyond them a value is a typo, not an experiment.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+
 #: Component sections and the default component used when a recipe omits the section.
 COMPONENT_SECTIONS: dict[str, str | None] = {
     "data": None,
@@ -28,11 +34,11 @@ COMPONENT_SECTIONS: dict[str, str | None] = {
 class ScheduleConfig:
     """When to train on the full data and when to (re)select a coreset (paper Sec. 3.3)."""
 
-    epochs: int = param(10, ge=1, help="total training epochs")
-    warm_start_epochs: int = param(0, ge=0, help="full-data epochs before the first selection")
-    select_every: int = param(20, ge=1, help="re-select the coreset every T epochs")
+    epochs: int = param(10, ge=1, le=MAX_EPOCHS, help="total training epochs")
+    warm_start_epochs: int = param(0, ge=0, le=MAX_EPOCHS, help="full-data epochs before the first selection")
+    select_every: int = param(20, ge=1, le=MAX_EPOCHS, help="re-select the coreset every T epochs")
     skip_epochs: int = param(
-        0, ge=0,
+        0, ge=0, le=MAX_EPOCHS,
         help="reference-code variant: epochs skipped (no training, lr schedule advances) between "
              "the warm start and the first selection",
     )
@@ -42,13 +48,13 @@ class ScheduleConfig:
 class TrainConfig:
     """Loop-level knobs that are not components."""
 
-    max_steps_per_epoch: int | None = param(None, gt=0, help="cap batches per epoch (smoke tests)")
-    grad_clip_value: float | None = param(None, gt=0, help="clip gradient values (PAT uses 1.0)")
+    max_steps_per_epoch: int | None = param(None, gt=0, le=2**40, help="cap batches per epoch (smoke tests)")
+    grad_clip_value: float | None = param(None, gt=0, le=1e6, help="clip gradient values (PAT uses 1.0)")
     compile: bool = param(False, help="wrap the model in torch.compile (inductor; CUDA, or CPU with a C++ compiler)")
     channels_last: bool | None = param(None, help="channels-last memory format for the model (default: on CUDA only)")
     data_on_device: bool = param(True, help="on CUDA, keep in-memory datasets on the GPU as uint8 and augment "
                                             "there (no per-batch host→device copies)")
-    log_every: int = param(10, ge=1, help="refresh the progress line every N batches")
+    log_every: int = param(10, ge=1, le=10**6, help="refresh the progress line every N batches")
     overfit_guard: bool = param(
         False, help="Fast-AT catastrophic-overfitting guard: PGD on a fixed training batch after each "
                     "epoch; on collapse, revert to the previous epoch and stop")
@@ -61,29 +67,31 @@ class EvalConfig:
     """Robust validation during training."""
 
     attacks: list[str] = param(["pgd20"], help="eval attack names (see `advtrain list attacks`)")
-    every: int = param(5, ge=0, help="validate every N epochs (0: only after the last epoch)")
-    n_examples: int = param(1000, ge=1, help="held-out examples used for validation")
+    every: int = param(5, ge=0, le=MAX_EPOCHS, help="validate every N epochs (0: only after the last epoch)")
+    n_examples: int = param(1000, ge=1, le=10**8, help="held-out examples used for validation")
     split: str = param("val", choices=("val", "test"), help="held-out split used during training")
-    batch_size: int | None = param(None, gt=0, help="eval batch size (default: data.batch_size)")
-    eps: float | None = param(None, ge=0, help="ε for every eval attack (default: each preset's)")
-    alpha: float | None = param(None, gt=0, help="step size for every eval attack (default: preset's)")
+    batch_size: int | None = param(None, gt=0, le=MAX_BATCH, help="eval batch size (default: data.batch_size)")
+    eps: float | None = param(None, ge=0, le=1000, help="ε for every eval attack (default: each preset's)")
+    alpha: float | None = param(None, gt=0, le=1000, help="step size for every eval attack (default: preset's)")
 
 
 @dataclass
 class OutputConfig:
     """Where a run writes its files."""
 
-    dir: str = param("runs/${name}", help="output folder")
-    keep_every: int = param(0, ge=0, help="also keep epoch_XXX.safetensors every N epochs (0: never)")
+    dir: str = param("runs/${name}", path=True,
+                     help="output folder (a relative path may not go up with '..')")
+    keep_every: int = param(0, ge=0, le=MAX_EPOCHS, help="also keep epoch_XXX.safetensors every N epochs (0: never)")
 
 
 @dataclass
 class RecipeTop:
     """Top-level scalar keys."""
 
-    name: str = param("run", help="run name (used in the default output dir)")
-    seed: int = param(0, ge=0, help="seeds torch, numpy and python")
-    device: str = param("auto", help="auto | cpu | cuda | cuda:N | mps")
+    name: str = param("run", pattern=NAME_PATTERN,
+                      help="run name (used in the default output dir): letters, digits, . _ -")
+    seed: int = param(0, ge=0, le=2**63 - 1, help="seeds torch, numpy and python")
+    device: str = param("auto", pattern=r"auto|cpu|cuda(:\d{1,2})?|mps", help="auto | cpu | cuda | cuda:N | mps")
     precision: str = param("auto", choices=("auto", "fp32", "bf16", "fp16"),
                            help="auto = bf16 on CUDA, fp32 elsewhere")
 

@@ -7,6 +7,7 @@ Loaded with ``allow_pickle=False``: a data file never runs code.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,56 @@ from advtrain.data.source import ArraySource
 from advtrain.errors import DataError
 
 REQUIRED_KEYS = ("train_x", "train_y", "test_x", "test_y")
+#: More classes than this is a label typo (or a hostile file), not a dataset.
+MAX_CLASSES = 100_000
+
+
+def memory_limit() -> int:
+    """Bytes one in-memory dataset may take: half the machine's physical memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 * 2**30
+
+
+def _check_members(path: Path, limit: int) -> None:
+    """Read each member's .npy header (never its data) and refuse sizes beyond ``limit`` bytes.
+
+    A .npz is a zip: a few kilobytes can declare or decompress to terabytes. The header gives
+    shape and dtype; they must agree with the member's stored size, and all members together
+    must fit in memory, before numpy allocates anything.
+    """
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as handle:
+                    try:
+                        version = np.lib.format.read_magic(handle)
+                        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                  else np.lib.format.read_array_header_2_0)
+                        shape, _, dtype = reader(handle)
+                    except ValueError as err:
+                        raise DataError(f"'{path}' key '{name}' is not a plain numpy array ({err}); save the "
+                                        "file with numpy.savez") from None
+                    header = handle.tell()
+                if dtype.hasobject:
+                    raise DataError(f"'{path}' key '{name}' holds Python objects (dtype {dtype}); they would "
+                                    "need pickle, which advtrain never loads. Store numbers only.")
+                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                total += nbytes
+                if total > limit:
+                    raise DataError(f"'{path}' decompresses to more than {limit / 2**30:.1f} GiB (key '{name}' "
+                                    f"alone declares shape {tuple(shape)} {dtype}, {nbytes / 2**30:.1f} GiB), "
+                                    "more than half this machine's memory; use a smaller file or the "
+                                    "imagefolder dataset, which reads images from disk")
+                if nbytes + header != info.file_size:
+                    raise DataError(f"'{path}' key '{name}' declares shape {tuple(shape)} {dtype} "
+                                    f"({nbytes} bytes) but holds {info.file_size - header} bytes; the file is "
+                                    "corrupt or was not written by numpy.savez")
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"cannot read '{path}' as a .npz archive ({err})") from None
 
 
 @dataclass
@@ -66,13 +117,14 @@ def _labels(y: np.ndarray, n: int, where: str) -> torch.Tensor:
 
 
 def load_npz(path: str | Path, *, num_classes: int | None = None,
-             image_shape: tuple[int, int, int] | None = None) -> LoadedArrays:
+             image_shape: tuple[int, int, int] | None = None, max_bytes: int | None = None) -> LoadedArrays:
     """Load and check ``path``; infer ``num_classes`` as max label + 1 when None.
 
     Args:
         path: The ``.npz`` file.
         num_classes: Expected number of classes (labels must be below it), or None to infer.
         image_shape: Required C×H×W (e.g. (3, 32, 32) for CIFAR), or None for any consistent shape.
+        max_bytes: Refuse archives whose arrays together exceed this (default: half the memory).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -81,6 +133,7 @@ def load_npz(path: str | Path, *, num_classes: int | None = None,
     if not zipfile.is_zipfile(path):
         raise DataError(f"'{path}' is not a .npz archive (truncated, or another format); write it with "
                         f"numpy.savez(path, train_x=..., train_y=..., test_x=..., test_y=...)")
+    _check_members(path, memory_limit() if max_bytes is None else max_bytes)
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]
@@ -109,6 +162,9 @@ def load_npz(path: str | Path, *, num_classes: int | None = None,
     top = int(max(train.labels.max(), test.labels.max() if len(test) else 0))
     if num_classes is None:
         num_classes = top + 1
+        if num_classes > MAX_CLASSES:
+            raise DataError(f"'{path}' contains the label {top}, which would mean {num_classes} classes (at most "
+                            f"{MAX_CLASSES}); labels must be 0..num_classes-1 class indices")
     for split, source in splits.items():
         if len(source) and int(source.labels.max()) >= num_classes:
             top = int(source.labels.max())

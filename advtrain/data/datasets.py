@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from advtrain.config.params import param
-from advtrain.data.arrays import load_npz
+from advtrain.data.arrays import MAX_CLASSES, load_npz, memory_limit
 from advtrain.data.batches import AUGMENTATIONS
 from advtrain.data.bundle import DataBundle, channel_stats, split_validation
 from advtrain.data.source import IMAGE_EXTENSIONS, ArraySource, FolderSource
@@ -23,6 +23,11 @@ from advtrain.errors import DataError
 from advtrain.registry import Registry
 
 DATASETS = Registry("dataset")
+
+#: Upper bounds of the loader settings: beyond them a value is a typo, not an experiment.
+MAX_BATCH = 65_536
+MAX_PADDING = 256
+MAX_IMAGE_SIZE = 4096
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # Per-channel statistics of the training images (population std, not the often-copied 0.2023...).
@@ -35,12 +40,12 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 class LoaderParams:
     """Loader settings every dataset shares."""
 
-    batch_size: int = param(128, gt=0, help="samples per training batch")
+    batch_size: int = param(128, gt=0, le=MAX_BATCH, help="samples per training batch")
     val_fraction: float = param(0.1, ge=0, lt=1, help="share of the training set held out for validation")
-    split_seed: int = param(0, help="seed of the validation split")
+    split_seed: int = param(0, ge=0, le=2**63 - 1, help="seed of the validation split")
     augment: str = param("none", choices=AUGMENTATIONS, help="training augmentation, done on the device")
-    padding: int = param(4, ge=0, help="zero padding of the random crop, in pixels")
-    num_workers: int = param(0, ge=0, help="decoding workers (image folders only)")
+    padding: int = param(4, ge=0, le=MAX_PADDING, help="zero padding of the random crop, in pixels")
+    num_workers: int = param(0, ge=0, le=256, help="decoding workers (image folders only)")
 
 
 def _bundle(params: LoaderParams, train: ArraySource | FolderSource, test: ArraySource | FolderSource,
@@ -50,6 +55,9 @@ def _bundle(params: LoaderParams, train: ArraySource | FolderSource, test: Array
         assert isinstance(train, ArraySource)
         stats = channel_stats(train.images)
     train_part, val = split_validation(train, params.val_fraction, params.split_seed)
+    if len(train_part) == 0:
+        raise DataError(f"data.val_fraction={params.val_fraction} holds out all {len(train)} training images, "
+                        "leaving none to train on; lower data.val_fraction")
     return DataBundle(train=train_part, val=val, test=test, num_classes=num_classes,
                       image_shape=train.image_shape, mean=tuple(stats[0]), std=tuple(stats[1]),
                       class_names=list(class_names), augment=params.augment, padding=params.padding,
@@ -60,7 +68,7 @@ def _bundle(params: LoaderParams, train: ArraySource | FolderSource, test: Array
 
 @dataclass
 class DigitsParams(LoaderParams):
-    batch_size: int = param(64, gt=0, help="samples per training batch")
+    batch_size: int = param(64, gt=0, le=MAX_BATCH, help="samples per training batch")
     test_fraction: float = param(0.25, gt=0, lt=1, help="share held out as the (fixed, seed 0) test set")
 
 
@@ -81,14 +89,14 @@ def build_digits(params: DigitsParams) -> DataBundle:
 
 @dataclass
 class TorchvisionParams(LoaderParams):
-    root: str = param("./data", help="folder holding (or receiving) torchvision's files")
+    root: str = param("./data", path=True, help="folder holding (or receiving) torchvision's files")
     download: bool = param(False, help="download into root when missing")
 
 
 @dataclass
 class CifarParams(TorchvisionParams):
     augment: str = param("crop_flip", choices=AUGMENTATIONS, help="training augmentation, done on the device")
-    path: str | None = param(None, help="a uint8 .npz (train_x N×32×32×3, train_y, test_x, test_y) "
+    path: str | None = param(None, path=True, help="a uint8 .npz (train_x N×32×32×3, train_y, test_x, test_y) "
                                            "used instead of root")
 
 
@@ -163,10 +171,11 @@ def build_svhn(params: SvhnParams) -> DataBundle:
 
 @dataclass(kw_only=True)
 class ImageFolderParams(LoaderParams):
-    root: str = param(help="folder with train/ and val/ (or test/), each holding one folder per class")
-    image_size: int = param(224, gt=0, help="side of the center crop (shorter side resized to size·256/224)")
+    root: str = param(path=True, help="folder with train/ and val/ (or test/), each holding one folder per class")
+    image_size: int = param(224, gt=0, le=MAX_IMAGE_SIZE,
+                            help="side of the center crop (shorter side resized to size·256/224)")
     augment: str = param("crop_flip", choices=AUGMENTATIONS, help="training augmentation, done on the device")
-    padding: int = param(16, ge=0, help="zero padding of the random crop, in pixels")
+    padding: int = param(16, ge=0, le=MAX_PADDING, help="zero padding of the random crop, in pixels")
 
 
 def _scan(folder: Path, classes: list[str] | None) -> tuple[list[tuple[str, int]], list[str]]:
@@ -209,8 +218,8 @@ def build_imagefolder(params: ImageFolderParams) -> DataBundle:
 
 @dataclass(kw_only=True)
 class ArraysParams(LoaderParams):
-    path: str = param(help=".npz with train_x (N×H×W×C or N×H×W, uint8), train_y, test_x, test_y[, classes]")
-    num_classes: int | None = param(None, gt=0, help="number of classes; null = max label + 1")
+    path: str = param(path=True, help=".npz with train_x (N×H×W×C or N×H×W, uint8), train_y, test_x, test_y[, classes]")
+    num_classes: int | None = param(None, gt=0, le=MAX_CLASSES, help="number of classes; null = max label + 1")
 
 
 @DATASETS.register("arrays", params=ArraysParams)
@@ -223,12 +232,12 @@ def build_arrays(params: ArraysParams) -> DataBundle:
 
 @dataclass
 class SyntheticParams(LoaderParams):
-    n_train: int = param(256, gt=0, help="training images")
-    n_test: int = param(128, gt=0, help="test images")
-    num_classes: int = param(10, ge=2, help="classes")
-    image_size: int = param(8, gt=0, help="height and width")
+    n_train: int = param(256, gt=0, le=10**7, help="training images")
+    n_test: int = param(128, gt=0, le=10**7, help="test images")
+    num_classes: int = param(10, ge=2, le=MAX_CLASSES, help="classes")
+    image_size: int = param(8, gt=0, le=MAX_IMAGE_SIZE, help="height and width")
     channels: int = param(3, choices=(1, 3), help="1 (grey) or 3 (colour)")
-    seed: int = param(0, help="seed of prototypes, noise and labels")
+    seed: int = param(0, ge=0, le=2**63 - 1, help="seed of prototypes, noise and labels")
 
 
 def synthetic_arrays(n: int, prototypes: torch.Tensor, gen: torch.Generator,
@@ -243,6 +252,11 @@ def synthetic_arrays(n: int, prototypes: torch.Tensor, gen: torch.Generator,
 @DATASETS.register("synthetic", params=SyntheticParams)
 def build_synthetic(params: SyntheticParams) -> DataBundle:
     """Seeded, learnable random data (class prototypes plus noise) for tests and smoke runs."""
+    nbytes = 4 * (params.n_train + params.n_test) * params.channels * params.image_size**2
+    if nbytes > memory_limit():
+        raise DataError(f"synthetic data of {params.n_train + params.n_test} images of {params.channels}×"
+                        f"{params.image_size}×{params.image_size} needs {nbytes / 2**30:.1f} GiB while generated, "
+                        "more than half this machine's memory; lower data.n_train, data.n_test or data.image_size")
     gen = torch.Generator().manual_seed(params.seed)
     shape = (params.num_classes, params.channels, params.image_size, params.image_size)
     prototypes = torch.rand(shape, generator=gen)

@@ -56,9 +56,10 @@ def load_model_from_checkpoint(path: Path, data_overrides: list[str],
     recipe = recipe_from_yaml_text(ckpt.recipe_yaml, source=f"{path} (stored recipe)")
     if data_overrides:
         extra = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
-        recipe = validate(apply_overrides(recipe.resolved, extra), source=f"{path} (stored recipe + --data)")
+        recipe = validate(apply_overrides(recipe.resolved, extra), source=f"{path} (stored recipe + --data)",
+                          interpolate=False)
     data = build.build_data(recipe)
-    model = build.build_model_for(recipe, data)
+    model = build.build_model_for(recipe, data, weights_from_checkpoint=True)
     ckpt_io.load_model_weights(ckpt, model)
     return ckpt, recipe, data, model.to(device).eval()
 

@@ -19,7 +19,48 @@ from advtrain.models import cifar
 from advtrain.models.classifier import Classifier, Normalize
 from advtrain.registry import Registry
 
-__all__ = ["MODELS", "Classifier", "ModelParams", "Normalize", "build_model", "is_known_model"]
+__all__ = ["MODEL_KWARGS", "MODELS", "Classifier", "ModelParams", "Normalize", "build_model", "is_known_model",
+           "model_kwargs_problems"]
+
+_RATE = (float, 0.0, 0.99)
+#: The only ``model.kwargs`` passed on to ``timm.create_model``: architecture knobs, as (type, low,
+#: high) or (str, choices). Nothing that names a file, a URL or a hub id (``checkpoint_path``,
+#: ``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``, ...) can get through, so a shared
+#: recipe or the recipe stored in a downloaded checkpoint never makes timm read or fetch a file.
+MODEL_KWARGS: dict[str, tuple] = {
+    "drop_rate": _RATE, "drop_path_rate": _RATE, "drop_block_rate": _RATE, "proj_drop_rate": _RATE,
+    "attn_drop_rate": _RATE, "pos_drop_rate": _RATE, "patch_drop_rate": _RATE,
+    "norm": (bool,),
+    "stem_width": (int, 1, 4096),
+    "img_size": (int, 1, 4096),
+    "global_pool": (str, ("avg", "max", "avgmax", "catavgmax", "fast", "token", "map", "")),
+    "act_layer": (str, ("relu", "gelu", "silu", "swish", "mish", "elu", "leaky_relu", "tanh", "sigmoid",
+                        "hard_swish", "hard_sigmoid", "prelu", "relu6")),
+}
+
+
+def model_kwargs_problems(kwargs: dict) -> list[str]:
+    """``kwargs.KEY: why`` for every entry of ``model.kwargs`` outside :data:`MODEL_KWARGS`."""
+    problems = []
+    for key, value in kwargs.items():
+        rule = MODEL_KWARGS.get(str(key))
+        if rule is None:
+            problems.append(
+                f"kwargs.{key}: not an allowed timm argument{did_you_mean(str(key), MODEL_KWARGS)} (allowed: "
+                f"{', '.join(MODEL_KWARGS)}); arguments that name a file, URL or hub id (checkpoint_path, "
+                "pretrained_cfg, ...) are refused so a recipe never loads weights from a path")
+            continue
+        kind = rule[0]
+        ok_type = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok_type, value = True, float(value)
+        if not ok_type:
+            problems.append(f"kwargs.{key}: expected {kind.__name__}, got {value!r}")
+        elif kind is str and value not in rule[1]:
+            problems.append(f"kwargs.{key}: must be one of {', '.join(map(repr, rule[1]))}, got {value!r}")
+        elif kind in (int, float) and not rule[1] <= value <= rule[2]:
+            problems.append(f"kwargs.{key}: must be in [{rule[1]}, {rule[2]}], got {value}")
+    return problems
 
 
 @dataclass
@@ -27,9 +68,14 @@ class ModelParams:
     """Parameters of the ``model`` section (shared by every model name)."""
 
     name: str = param(help="a registered model (advtrain list models) or any timm model name")
-    num_classes: int | None = param(None, gt=0, help="classes of the last layer; null = the dataset's")
+    num_classes: int | None = param(None, gt=0, le=100_000, help="classes of the last layer; null = the dataset's")
     pretrained: bool = param(False, help="load timm's pretrained weights (downloads once into the HF cache)")
-    kwargs: dict = param({}, help="extra keyword arguments for timm.create_model, e.g. {drop_rate: 0.1}")
+    kwargs: dict = param({}, help="extra keyword arguments for timm.create_model, e.g. {drop_rate: 0.1} "
+                                  "(an allow-list: see advtrain.models.MODEL_KWARGS)")
+
+    def problems(self) -> list[str]:
+        """Rules beyond the field types: the allow-list of ``kwargs`` (checked by the recipe validator)."""
+        return model_kwargs_problems(self.kwargs)
 
 
 MODELS = Registry("model")
@@ -72,7 +118,7 @@ def build_model(name: str, *, num_classes: int, in_chans: int, mean: tuple, std:
         std: Per-channel standard deviation.
         pretrained: Load timm's pretrained weights. A failed download is an error, never a silent
             fallback to random weights.
-        **kwargs: Extra ``timm.create_model`` arguments (``drop_rate``, ...).
+        **kwargs: Extra ``timm.create_model`` arguments, only those in :data:`MODEL_KWARGS`.
 
     Raises:
         UserError: Unknown name, wrong mean/std length, unsupported kwargs, missing weights, or a
@@ -80,6 +126,9 @@ def build_model(name: str, *, num_classes: int, in_chans: int, mean: tuple, std:
     """
     if not is_known_model(name):
         raise UserError(_unknown_model_message(name))
+    refused = model_kwargs_problems(kwargs)
+    if refused:
+        raise UserError(f"model '{name}': " + "; ".join(f"model.{p}" for p in refused))
     if len(mean) != in_chans or len(std) != in_chans:
         raise UserError(f"model '{name}': the data has {in_chans} channel(s) but mean/std have "
                         f"{len(mean)}/{len(std)} values")

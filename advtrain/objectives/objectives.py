@@ -102,7 +102,7 @@ class AdversarialObjective:
 class TradesParams:
     """TRADES trade-off (Zhang et al. 2019)."""
 
-    beta: float = param(6.0, ge=0, help="weight of the KL term (1/λ in the paper)")
+    beta: float = param(6.0, ge=0, le=1000, help="weight of the KL term (1/λ in the paper)")
 
 
 def trades_attack(model: nn.Module, x: Tensor, clean_logits: Tensor, attack: Any) -> Tensor:

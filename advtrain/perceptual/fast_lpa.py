@@ -25,10 +25,10 @@ FINITE_DIFFERENCE = 0.1
 class FastLPAParams:
     """Fast Lagrangian perceptual attack (training)."""
 
-    bound: float = param(0.5, gt=0, help="LPIPS bound (0.5 CIFAR, 0.25 ImageNet in PAT)")
-    steps: int = param(10, ge=1)
-    step: float | None = param(None, gt=0, help="first step in LPIPS units (default: the bound)")
-    lam_max: float = param(10.0, gt=0, help="final Lagrange multiplier")
+    bound: float = param(0.5, gt=0, le=100, help="LPIPS bound (0.5 CIFAR, 0.25 ImageNet in PAT)")
+    steps: int = param(10, ge=1, le=10_000)
+    step: float | None = param(None, gt=0, le=100, help="first step in LPIPS units (default: the bound)")
+    lam_max: float = param(10.0, gt=0, le=1e6, help="final Lagrange multiplier")
     lpips: str = param("self", choices=LPIPS_NETWORKS,
                        help="feature network of the distance (self = the classifier being trained)")
     only_attack_correct: bool = param(True, help="leave examples the model already gets wrong unchanged")

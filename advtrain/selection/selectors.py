@@ -76,7 +76,7 @@ class RandomParams:
 
     fraction: float = param(0.5, gt=0, le=1, help="budget = round(fraction·N) samples")
     granularity: str = param("batch", choices=("sample", "batch"), help="draw samples or whole mini-batches")
-    batch_size: int | None = param(None, gt=0, help="candidate batch size (null: data.batch_size)")
+    batch_size: int | None = param(None, gt=0, le=65_536, help="candidate batch size (null: data.batch_size)")
     per_class: bool = param(False, help="draw within each class, proportionally to its size")
 
 
@@ -86,7 +86,7 @@ class CraigParams(RandomParams):
 
     features: str = param("weights", choices=("weights", "bias"),
                           help="last-layer gradient: bias and weights, or the bias part only")
-    chunk_size: int = param(4096, gt=0, help="rows per distance block (memory bound)")
+    chunk_size: int = param(4096, gt=0, le=10**7, help="rows per distance block (memory bound)")
 
 
 @dataclass
@@ -95,7 +95,7 @@ class GradMatchParams(RandomParams):
 
     features: str = param("weights", choices=("weights", "bias"),
                           help="last-layer gradient: bias and weights, or the bias part only")
-    lam: float = param(0.0, ge=0, help="ridge regularisation of the OMP weights")
+    lam: float = param(0.0, ge=0, le=1e6, help="ridge regularisation of the OMP weights")
 
 
 def class_budgets(counts: list[int], budget: int) -> list[int]:

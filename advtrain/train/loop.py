@@ -40,6 +40,7 @@ from advtrain.train.device import (
     resolve_precision,
     seed_everything,
 )
+from advtrain.train.run_folder import RunFolder, new_run_id
 from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
 from advtrain.ui.console import Reporter
 
@@ -72,6 +73,7 @@ class RunResult:
     best_metric: float | None
     best_epoch: int | None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    finished_before: bool = False  # --resume of a run that had already finished: nothing was redone
 
 
 def epoch_phase(schedule: Any, epoch: int, selector_name: str) -> str:
@@ -104,18 +106,9 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return diffs
 
 
-def check_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"output.dir '{out_dir}' is not writable ({err.strerror or err}); choose "
-                        f"another folder, e.g. output.dir=runs/mine.") from None
-    if not resuming and not overwrite and (out_dir / "last.safetensors").exists():
-        raise UserError(f"output.dir '{out_dir}' already holds a run (last.safetensors). Continue it "
-                        f"with --resume, pass --overwrite to start over, or choose another output.dir.")
+def check_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> RunFolder:
+    """Claim (lock) the run folder for this process; see :class:`~advtrain.train.run_folder.RunFolder`."""
+    return RunFolder.claim(out_dir, resuming=resuming, overwrite=overwrite)
 
 
 class Trainer:
@@ -163,6 +156,8 @@ class Trainer:
         self.partial: dict[str, Any] = {}  # running sums of an interrupted epoch
         self._stop_signal: int | None = None
         self._stop_any = False
+        self.run_id: str | None = None  # recorded in the run folder and in every checkpoint
+        self.phase = "setup"  # setup | training | testing (for the interruption message)
 
     # ----------------------------------------------------------------- state
     def state(self) -> ckpt_io.TrainingState:
@@ -174,7 +169,7 @@ class Trainer:
             coreset_indices=None if self.coreset is None else self.coreset.indices,
             coreset_weights=None if self.coreset is None else self.coreset.weights,
             coreset_epoch=None if self.coreset is None else self.coreset.epoch,
-            scaler=None if self.scaler is None else self.scaler.state_dict(),
+            scaler=None if self.scaler is None else self.scaler.state_dict(), run_id=self.run_id,
         )
 
     def _save_in_epoch(self, epoch: int, batch: int, partial: dict[str, Any]) -> Path:
@@ -188,23 +183,45 @@ class Trainer:
         distributed.barrier(self.dist)
         return path
 
-    def load(self, path: Path, *, force: bool) -> None:
-        """Continue from a checkpoint of this same recipe (model, optimizer, coreset, epoch)."""
+    def load(self, path: Path, *, force: bool, folder: RunFolder | None = None) -> None:
+        """Continue from a checkpoint of this same recipe (model, optimizer, coreset, epoch).
+
+        Everything is checked before the run folder changes: the checkpoint (format, metadata,
+        tensors), that it belongs to the run in ``folder``, the model, the recipe, the optimizer
+        state and the coreset.
+        """
         ckpt = ckpt_io.load(path)
+        self.run_id = ckpt.meta.get("run_id") if folder is None else folder.resume_run_id(ckpt.meta.get("run_id"),
+                                                                                            path)
         ckpt_io.check_model_matches(ckpt, self.model.model_name, self.data.num_classes)  # before the recipe diff
-        old = yaml.safe_load(ckpt.recipe_yaml) or {}
+        try:
+            old = yaml.safe_load(ckpt.recipe_yaml) or {}
+        except yaml.YAMLError:
+            raise CheckpointError(f"checkpoint '{path}': its stored recipe is not valid YAML.") from None
+        if not isinstance(old, dict):
+            raise CheckpointError(f"checkpoint '{path}': its stored recipe is not a mapping.")
         diffs = recipe_differences(old, self.recipe.resolved)
         if diffs and not force:
             raise CheckpointError(
                 f"the recipe differs from the one checkpoint '{path}' was trained with:\n  "
                 + "\n  ".join(diffs) + "\nResume with the same recipe, or pass --force to continue anyway.")
+        meta = ckpt.meta
+        if "coreset.indices" in ckpt.tensors:
+            indices, n_train = ckpt.tensors["coreset.indices"], len(self.data.train)
+            if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_train):
+                raise CheckpointError(f"checkpoint '{path}': tensor 'coreset.indices' holds indices outside "
+                                      f"0..{n_train - 1}, the training samples of this recipe's data.")
+        ckpt_io.check_optimizer_tensors(ckpt, [p for g in self.optimizer.param_groups for p in g["params"]])
         ckpt_io.load_model_weights(ckpt, self.model)
         optim_state = ckpt_io.optimizer_state(ckpt)
         if optim_state is not None:
-            self.optimizer.load_state_dict(optim_state)
-        if self.scaler is not None and ckpt.meta.get("scaler"):
-            self.scaler.load_state_dict(ckpt.meta["scaler"])
-        meta = ckpt.meta
+            try:
+                self.optimizer.load_state_dict(optim_state)
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:
+                raise CheckpointError(f"checkpoint '{path}': its optimizer state does not fit optimizer "
+                                      f"'{self.recipe.components['optim'].name}' ({err}).") from None
+        if self.scaler is not None and meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
         self.epoch = int(meta["epoch"]) + 1
         self.step = int(meta["step"])
         in_epoch = (meta.get("extra") or {}).get("in_epoch")
@@ -219,25 +236,48 @@ class Trainer:
         if metrics_path.exists():  # drop lines of epochs that will be redone
             kept = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
             self.metrics = [m for m in kept if m["epoch"] < self.epoch]
-            metrics_path.write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
+            if len(self.metrics) < len(kept):
+                metrics_path.write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
         ckpt_io.restore_rng(ckpt)
 
     # ------------------------------------------------------------------ loop
-    def fit(self, *, resume: Path | None = None, force: bool = False, overwrite: bool = False) -> RunResult:
+    def fit(self, *, resume: Path | None = None, force: bool = False, overwrite: bool = False,
+            folder: RunFolder | None = None) -> RunResult:
+        """Train to ``schedule.epochs`` (continuing ``resume``) in the claimed run ``folder``.
+
+        Without ``folder`` the main process claims (locks) ``output.dir`` itself and releases it on
+        return. Resuming a run that already finished and wrote its report changes nothing.
+        """
+        owned = folder is None and self.dist.is_main
+        if owned:
+            folder = check_output_dir(self.out_dir, resume is not None, overwrite)
+        try:
+            return self._fit(resume, force, folder)
+        finally:
+            if owned and folder is not None:
+                folder.release()
+
+    def _fit(self, resume: Path | None, force: bool, folder: RunFolder | None) -> RunResult:
         start = time.perf_counter()
-        if self.dist.is_main:
-            check_output_dir(self.out_dir, resume is not None, overwrite)
+        self.phase = "training"
         if resume is not None:
-            self.load(resume, force=force)
+            self.load(resume, force=force, folder=folder)
+            if self.epoch >= self.recipe.schedule.epochs and self.resume_batch == 0 and folder is not None \
+                    and folder.is_finished():
+                self.reporter.message(f"run {self.recipe.name} already finished all {self.recipe.schedule.epochs} "
+                                      f"epochs and wrote its report; nothing to do (its files are unchanged)")
+                return RunResult(self.out_dir, 0, time.perf_counter() - start, {}, None, self.best_metric,
+                                 self.best_epoch, self.metrics, finished_before=True)
             self.reporter.message(f"resumed from {resume} at epoch {self.epoch + 1}")
-        elif overwrite and self.dist.is_main:
-            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        if self.dist.is_main:
+        else:
+            self.run_id = new_run_id()
+        if folder is not None:
+            folder.record_run_id(self.run_id)
             (self.out_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
         schedule = self.recipe.schedule
         selector_name = self.recipe.components["selector"].name
         first_epoch = self.epoch
-        last_val: dict[str, float] = {}
+        last_val: dict[str, float] = next((m["val"] for m in reversed(self.metrics) if m.get("val")), {})
         self.reporter.start(schedule.epochs, first_epoch)
         previous_handlers = self._install_signal_handlers()
         try:
@@ -289,9 +329,10 @@ class Trainer:
             self.reporter.stop()
             self._restore_signal_handlers(previous_handlers)
         test = None
-        if (self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and first_epoch < schedule.epochs
-                and self.dist.is_main):
+        self.phase = "testing"
+        if self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and self.dist.is_main:
             test = self.evaluate_split(self.data.test)
+        self.phase = "reporting"
         epochs_run = sum(1 for m in self.metrics if m["epoch"] >= first_epoch)
         return RunResult(self.out_dir, epochs_run, time.perf_counter() - start,
                          last_val, test, self.best_metric, self.best_epoch, self.metrics)
@@ -537,9 +578,9 @@ class Trainer:
         kept = f"the model of epoch {epoch} ({last}) is kept" if last.exists() else "no earlier checkpoint exists"
         self.reporter.epoch_end(epoch, record)
         self.reporter.message(
-            f"[red]catastrophic overfitting[/] at epoch {epoch + 1}: PGD-5 accuracy on a fixed training batch "
+            f"catastrophic overfitting at epoch {epoch + 1}: PGD-5 accuracy on a fixed training batch "
             f"fell from {self._probe_best:.1%} to {record['overfit_probe_pgd5']:.1%}. Training stopped; {kept}. "
-            f"Lower attack.alpha (e.g. 1.0·ε) or ε, or use PGD training.")
+            f"Lower attack.alpha (e.g. 1.0·ε) or ε, or use PGD training.", style="red")
         self.stopped_early = True
         if last.exists():
             ckpt_io.load_model_weights(ckpt_io.load(last), self.model)

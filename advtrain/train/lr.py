@@ -23,16 +23,17 @@ LrFn = Callable[[float, int], float]
 class ConstantParams:
     """Constant learning rate (after an optional linear warm-up)."""
 
-    warmup_epochs: float = param(0.0, ge=0, help="linear warm-up from 0 over this many epochs")
+    warmup_epochs: float = param(0.0, ge=0, le=100_000, help="linear warm-up from 0 over this many epochs")
 
 
 @dataclass
 class MultiStepParams:
     """Multiply by ``gamma`` at each milestone epoch (Madry/TRADES/ACS schedules)."""
 
-    milestones: list[int] = param([80, 100], help="epochs at which the lr is multiplied by gamma")
-    gamma: float = param(0.1, gt=0, help="decay factor")
-    warmup_epochs: float = param(0.0, ge=0, help="linear warm-up from 0 over this many epochs")
+    milestones: list[int] = param([80, 100], ge=0, le=100_000, help="epochs at which the lr is multiplied by gamma")
+    gamma: float = param(0.1, gt=0, le=1e30,  # huge values only diverge, which the loop reports
+                          help="decay factor")
+    warmup_epochs: float = param(0.0, ge=0, le=100_000, help="linear warm-up from 0 over this many epochs")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class CosineParams:
     """Cosine decay to ``min_factor``·lr."""
 
     min_factor: float = param(0.0, ge=0, le=1, help="final lr as a fraction of optim.lr")
-    warmup_epochs: float = param(0.0, ge=0, help="linear warm-up from 0 over this many epochs")
+    warmup_epochs: float = param(0.0, ge=0, le=100_000, help="linear warm-up from 0 over this many epochs")
 
 
 @dataclass

@@ -18,9 +18,9 @@ OPTIMIZERS = Registry("optimizer")
 class SGDParams:
     """SGD with momentum (the adversarial-training default)."""
 
-    lr: float = param(0.1, gt=0, help="peak learning rate")
+    lr: float = param(0.1, gt=0, le=10, help="peak learning rate")
     momentum: float = param(0.9, ge=0, lt=1)
-    weight_decay: float = param(5e-4, ge=0)
+    weight_decay: float = param(5e-4, ge=0, le=1)
     nesterov: bool = param(False)
 
 
@@ -28,16 +28,16 @@ class SGDParams:
 class AdamParams:
     """Adam / AdamW."""
 
-    lr: float = param(1e-3, gt=0, help="peak learning rate")
-    betas: list[float] = param([0.9, 0.999], help="(beta1, beta2)")
-    weight_decay: float = param(0.0, ge=0)
+    lr: float = param(1e-3, gt=0, le=10, help="peak learning rate")
+    betas: list[float] = param([0.9, 0.999], ge=0, lt=1, length=2, help="(beta1, beta2)")
+    weight_decay: float = param(0.0, ge=0, le=1)
 
 
 @dataclass
 class AdamWParams(AdamParams):
     """AdamW: decoupled weight decay."""
 
-    weight_decay: float = param(0.01, ge=0)
+    weight_decay: float = param(0.01, ge=0, le=1)
 
 
 def _groups(model: nn.Module) -> Iterable[nn.Parameter]:

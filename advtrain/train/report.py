@@ -37,9 +37,9 @@ def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
         "recipe": recipe.resolved,
     }
     out = trainer.out_dir
-    write_json(out / "report.json", report)
     text = run_markdown(report)
     write_atomically(out / "report.md", lambda tmp: tmp.write_text(text))
     if metrics:
         plot_curves(out / "curves.png", metrics)
+    write_json(out / "report.json", report)  # last: its presence marks a finished run (RunFolder.is_finished)
     return report

@@ -1,14 +1,42 @@
-"""Build the components a recipe names. Each ``build_*`` returns one object."""
+"""Build the components a recipe names. Each ``build_*`` returns one object.
+
+Every builder runs inside :func:`building`, the last line of defence: whatever a component (or
+the third-party code under it) raises while being built from the recipe becomes a
+:class:`BuildError` naming the section and the component, never a traceback.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from advtrain.config.load import Recipe
-from advtrain.errors import RecipeError
+from advtrain.errors import RecipeError, UserError
+
+
+class BuildError(UserError):
+    """A component failed to build from the recipe with an exception it did not explain itself."""
+
+    title = "cannot build a component"
+
+
+@contextmanager
+def building(section: str, name: str) -> Iterator[None]:
+    """Turn any non-user error raised while building ``section`` '``name``' into a :class:`BuildError`."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the point: no third-party failure reaches the user raw
+        detail = (str(err).strip().splitlines() or [""])[0][:300]
+        raise BuildError(
+            f"building {section} '{name}' failed: {type(err).__name__}: {detail}. A value of the {section} "
+            f"section is most likely one this component cannot handle; compare it with `advtrain list` and "
+            f"the component's documentation (run with --debug to see the traceback).") from err
 
 
 def build_data(recipe: Recipe) -> Any:
@@ -16,11 +44,17 @@ def build_data(recipe: Recipe) -> Any:
     from advtrain.data import DATASETS
 
     data = recipe.components["data"]
-    return DATASETS.get(data.name).builder(data.params)
+    with building("data", data.name):
+        return DATASETS.get(data.name).builder(data.params)
 
 
-def build_model_for(recipe: Recipe, data: Any) -> nn.Module:
-    """The classifier, with the dataset's normalisation as its first module."""
+def build_model_for(recipe: Recipe, data: Any, *, weights_from_checkpoint: bool = False) -> nn.Module:
+    """The classifier, with the dataset's normalisation as its first module.
+
+    ``weights_from_checkpoint``: the caller loads a checkpoint's weights next, so ``pretrained`` is
+    ignored (a recipe stored in a downloaded checkpoint never makes timm fetch anything).
+    A one-image forward pass checks that the model takes the data's image size and class count.
+    """
     from advtrain.models import build_model
 
     spec = recipe.components["model"].params
@@ -29,8 +63,32 @@ def build_model_for(recipe: Recipe, data: Any) -> nn.Module:
         raise RecipeError([f"model.num_classes: {num_classes} but dataset '{recipe.components['data'].name}' "
                            f"has {data.num_classes} classes; remove model.num_classes or set it to "
                            f"{data.num_classes}"], source=recipe.source)
-    return build_model(spec.name, num_classes=num_classes, in_chans=data.image_shape[0], mean=data.mean,
-                       std=data.std, pretrained=spec.pretrained, **dict(spec.kwargs))
+    with building("model", spec.name):
+        model = build_model(spec.name, num_classes=num_classes, in_chans=data.image_shape[0], mean=data.mean,
+                            std=data.std, pretrained=spec.pretrained and not weights_from_checkpoint,
+                            **dict(spec.kwargs))
+    _check_model_takes(model, spec.name, data.image_shape, num_classes)
+    return model
+
+
+def _check_model_takes(model: nn.Module, name: str, image_shape: tuple[int, int, int], num_classes: int) -> None:
+    """One zero image through the model (eval mode, no grad), before anything trains or attacks it."""
+    c, h, w = image_shape
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, c, h, w))
+    except Exception as err:  # noqa: BLE001 - any shape failure inside the network
+        detail = (str(err).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"model '{name}' cannot take the data's {c}×{h}×{w} images ({type(err).__name__}: "
+                        f"{detail}); pick a model made for this image size (small_cnn for 8×8 or 28×28, "
+                        f"*_cifar models for 32×32) or change the data's image size") from err
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (1, num_classes):
+        raise UserError(f"model '{name}' maps a {c}×{h}×{w} image to outputs of shape {tuple(out.shape)[1:]}, "
+                        f"not ({num_classes},) class scores; pick another model")
 
 
 def build_objective(recipe: Recipe) -> Any:
@@ -39,27 +97,31 @@ def build_objective(recipe: Recipe) -> Any:
 
     objective = recipe.components["objective"]
     entry = OBJECTIVES.get(objective.name)
-    return entry.builder(objective.params, recipe.components["attack"])
+    with building("objective", objective.name):
+        return entry.builder(objective.params, recipe.components["attack"])
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     from advtrain.train.optim import OPTIMIZERS
 
     optim = recipe.components["optim"]
-    return OPTIMIZERS.get(optim.name).builder(optim.params, model)
+    with building("optim", optim.name):
+        return OPTIMIZERS.get(optim.name).builder(optim.params, model)
 
 
 def build_lr_schedule(recipe: Recipe) -> Any:
     from advtrain.train.lr import LR_SCHEDULES
 
     sched = recipe.components["lr_schedule"]
-    return LR_SCHEDULES.get(sched.name).builder(sched.params)
+    with building("lr_schedule", sched.name):
+        return LR_SCHEDULES.get(sched.name).builder(sched.params)
 
 
 def build_eval_attacks(names: list[str], **overrides: Any) -> list[Any]:
     from advtrain.attacks.presets import resolve_eval_attacks
 
-    return resolve_eval_attacks(names, **overrides)
+    with building("eval", ", ".join(names)):
+        return resolve_eval_attacks(names, **overrides)
 
 
 def check_selector_fits(recipe: Recipe, data: Any) -> None:

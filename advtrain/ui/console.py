@@ -2,6 +2,10 @@
 
 Everything else returns values or raises; the training loop talks to a :class:`Reporter`, so a
 test or a non-zero DDP rank can pass :class:`SilentReporter` instead.
+
+Text passed in is never read as rich markup: paths, run names and error messages come from users,
+and ``[/b]`` in a folder name must print as written, not crash. Colour is chosen with ``style=``
+for the whole line.
 """
 
 from __future__ import annotations
@@ -40,12 +44,20 @@ def print_error(title: str, message: str) -> None:
     console().print(Panel(escape(message), title=f"[bold red]{escape(title)}", border_style="red", expand=False))
 
 
-def info(message: str) -> None:
-    console().print(message)
+def info(message: str, *, style: str | None = None) -> None:
+    """One line of plain text (never markup), optionally in one ``style`` such as ``"green"``."""
+    console().print(escape(message), style=style)
 
 
 def warn(message: str) -> None:
     console().print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def print_traceback(err: BaseException) -> None:
+    """``--debug``: the traceback of ``err`` and of the exception it was raised from."""
+    import traceback
+
+    console().print("".join(traceback.format_exception(err)), markup=False, highlight=False)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -68,7 +80,7 @@ class Reporter(Protocol):
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None: ...
     def progress(self, done: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None: ...
-    def message(self, text: str) -> None: ...
+    def message(self, text: str, *, style: str | None = None) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -79,7 +91,7 @@ class SilentReporter:
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None: ...
     def progress(self, done: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None: ...
-    def message(self, text: str) -> None: ...
+    def message(self, text: str, *, style: str | None = None) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -132,8 +144,8 @@ class ProgressReporter:
         self._progress.update(self._epoch_task, advance=1, status=status)
         self._progress.console.print(escape(_epoch_line(epoch, summary)))
 
-    def message(self, text: str) -> None:
-        self._progress.console.print(text)
+    def message(self, text: str, *, style: str | None = None) -> None:
+        self._progress.console.print(escape(text), style=style)
 
     def stop(self) -> None:
         self._progress.stop()

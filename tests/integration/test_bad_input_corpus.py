@@ -1,33 +1,302 @@
-"""Every case of tests/assets/bad through the real CLI: its message, exit code 2, no traceback."""
+"""Every case of tests/assets/bad through the real CLI: its message, exit code 2, no traceback, and
+no earlier result lost.
+
+Each case runs next to a finished run, ``runs/victim`` (and a second one, ``runs/other``), copied
+from one made once per module; afterwards every file of both is byte-identical. A case file's
+header says how to run it:
+
+- ``# stage: run`` runs it with ``advtrain run`` (default: ``advtrain validate``);
+- ``# args: ...`` adds command-line arguments (e.g. ``--resume-from runs/other/last.safetensors``);
+- ``# expect: text`` must appear in the output, ``# absent: text`` must not;
+- ``# requires-no-cuda`` skips the case on a CUDA machine.
+
+The environment holds ``ADVTRAIN_TEST_SECRET``: no case may print it or write it anywhere.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import shutil
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CASES = sorted((ASSETS / "bad").glob("*.yaml"))
+SECRET = "s3cr3t-Env-Value"
+VICTIM_ARGS = ["schedule.epochs=2", "train.max_steps_per_epoch=2", "eval.n_examples=8", "output.keep_every=1"]
 
 
-def _expectations(text: str) -> list[str]:
-    return [line.split("expect:", 1)[1].strip() for line in text.splitlines() if line.startswith("# expect:")]
+def _header(text: str, key: str) -> list[str]:
+    return [line.split(f"{key}:", 1)[1].strip() for line in text.splitlines() if line.startswith(f"# {key}:")]
 
 
-@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-def test_bad_input_gives_a_clear_error(cli, tmp_path, path):
-    text = path.read_text()
-    if "# requires-no-cuda" in text and torch.cuda.is_available():
-        pytest.skip("this case is about machines without CUDA")
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` except the lock file (it names the last process that held the folder)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".advtrain.lock"}
+
+
+def plain(text: str) -> str:
+    """As conftest's ``plain``: box drawing removed, whitespace collapsed."""
+    for ch in "│╭╮╰╯─┃┏┓┗┛━┡┩╇┳┻╋┣┫":
+        text = text.replace(ch, " ")
+    return " ".join(text.split())
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from advtrain.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, plain(result.output)
+
+
+def _write_npy_member(archive: zipfile.ZipFile, name: str, header_array: np.ndarray, body: bytes | None = None) -> None:
+    """A .npy member whose header describes ``header_array`` and whose body is ``body`` (default: its data)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(header_array))
+    buffer.write(header_array.tobytes() if body is None else body)
+    archive.writestr(f"{name}.npy", buffer.getvalue())
+
+
+def _make_bad_data(folder: Path) -> None:
+    """Data files the new cases need (made here rather than committed: a few bytes each)."""
+    x = np.zeros((8, 8, 8, 3), np.uint8)
+    y = np.arange(8) % 2
+    np.savez(folder / "huge_label.npz", train_x=x, train_y=np.where(y == 1, 2**40, 0), test_x=x[:4], test_y=y[:4])
+    np.savez(folder / "objects.npz", train_x=np.array([{"a": 1}] * 8, dtype=object), train_y=y, test_x=x, test_y=y)
+    with zipfile.ZipFile(folder / "bomb.npz", "w") as archive:  # declares 3 TB, holds 8 bytes
+        _write_npy_member(archive, "train_x", np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8),
+                                                                              (10**6, 1024, 1024, 3), (0, 0, 0, 0)),
+                          body=b"\0" * 8)
+    with zipfile.ZipFile(folder / "short.npz", "w") as archive:  # header says 8 images, body holds 2
+        _write_npy_member(archive, "train_x", x, body=x[:2].tobytes())
+        for key, value in (("train_y", y), ("test_x", x), ("test_y", y)):
+            _write_npy_member(archive, key, value)
+    (folder / "notarun").mkdir()
+    (folder / "notarun/report.json").write_text('{"mine": "not advtrain"}')
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory) -> Path:
+    """``runs/victim`` and ``runs/other``: two finished tiny runs (made once, copied into each case)."""
+    root = tmp_path_factory.mktemp("victims")
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        for name in ("victim", "other"):
+            code, out = _invoke("run", ASSETS / "tiny.yaml", *VICTIM_ARGS, f"output.dir=runs/{name}")
+            assert code == 0, out
+    finally:
+        os.chdir(cwd)
+    return root / "runs"
+
+
+@pytest.fixture
+def arena(finished_runs, tmp_path, monkeypatch) -> Path:
+    """A working folder with both finished runs, the bad data files and the secret in the environment."""
+    shutil.copytree(finished_runs, tmp_path / "runs")
     shutil.copytree(ASSETS / "bad_data", tmp_path / "bad_data")
     (tmp_path / "bad_data/empty_folder/train").mkdir(parents=True)
     (tmp_path / "bad_data/empty_folder/val").mkdir(parents=True)
-    command = "run" if "# stage: run" in text else "validate"
-    code, out = cli(command, path)
+    _make_bad_data(tmp_path / "bad_data")
+    monkeypatch.setenv("ADVTRAIN_TEST_SECRET", SECRET)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _assert_clean_refusal(arena: Path, before: dict[str, bytes], code: int, out: str, expected: list[str],
+                          absent: list[str] = ()) -> None:
     assert code == 2, out
     assert "Traceback" not in out
-    for fragment in _expectations(text):
+    for fragment in expected:
         assert fragment in out, f"{fragment!r} not in:\n{out}"
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
+    for fragment in [SECRET, *absent]:
+        assert fragment not in out, f"{fragment!r} printed:\n{out}"
+    assert _snapshot(arena / "runs") == before, "an earlier run's files changed"
+    written = [p for p in arena.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not written, f"the environment leaked into {written}"
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_bad_input_gives_a_clear_error(arena, path):
+    text = path.read_text()
+    if "# requires-no-cuda" in text and torch.cuda.is_available():
+        pytest.skip("this case is about machines without CUDA")
+    command = "run" if "# stage: run" in text else "validate"
+    extra = [arg for line in _header(text, "args") for arg in shlex.split(line)]
+    before = _snapshot(arena / "runs")
+    code, out = _invoke(command, path, *extra)
+    _assert_clean_refusal(arena, before, code, out, _header(text, "expect"), _header(text, "absent"))
+    if command == "run" and not extra:
+        assert not any(p for p in (arena / "runs").rglob("*.safetensors") if "runs/victim" not in str(p)
+                       and "runs/other" not in str(p))
+
+
+# ------------------------------------------------------------------------------- bad checkpoints
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata())
+
+
+def _edit_meta(**changes):
+    def edit(tensors, metadata):
+        meta = json.loads(metadata["advtrain"])
+        meta.update(changes)
+        metadata["advtrain"] = json.dumps(meta)
+    return edit
+
+
+def _edit_tensor(name, make):
+    def edit(tensors, metadata):
+        if make is None:
+            del tensors[name]
+        else:
+            tensors[name] = make(tensors.get(name))
+    return edit
+
+
+def _edit_recipe(old, new):
+    def edit(tensors, metadata):
+        assert old in metadata["recipe"]
+        metadata["recipe"] = metadata["recipe"].replace(old, new, 1)
+    return edit
+
+
+def _raw_meta(text):
+    def edit(tensors, metadata):
+        metadata["advtrain"] = text
+    return edit
+
+
+def _python_rng_short(tensors, metadata):
+    meta = json.loads(metadata["advtrain"])
+    meta["rng"]["python"][1] = meta["rng"]["python"][1][:10]
+    metadata["advtrain"] = json.dumps(meta)
+
+
+FC = "model.net.fc.weight"
+CHECKPOINT_CASES = {
+    "meta_epoch_string": (_edit_meta(epoch="abc"), "metadata 'epoch' must be an integer"),
+    "meta_epoch_huge": (_edit_meta(epoch=10**30), "metadata 'epoch' must be an integer in [-1, 1000000]"),
+    "meta_num_classes_negative": (_edit_meta(num_classes=-1), "metadata 'num_classes' must be an integer"),
+    "meta_format_version_string": (_edit_meta(format_version="1"), "metadata 'format_version' must be"),
+    "meta_kind_unknown": (_edit_meta(kind="evil"), "metadata 'kind' must be one of last, best, epoch"),
+    "meta_unknown_key": (_edit_meta(payload="x"), "metadata key 'payload' is not one advtrain writes"),
+    "meta_best_metric_nan": (_edit_meta(best_metric=float("nan")), "metadata 'best_metric' must be an accuracy"),
+    "meta_model_name_path": (_edit_meta(model_name="../../evil.pth"), "metadata 'model_name' must be a model name"),
+    "meta_is_a_list": (_raw_meta("[1, 2, 3]"), "advtrain metadata must be a JSON object, got list"),
+    "meta_python_rng_short": (_python_rng_short, "metadata 'rng' must be the numpy and python RNG states"),
+    "rng_torch_float": (_edit_tensor("rng.torch", lambda t: t.float()),
+                        "tensor 'rng.torch' is float32 of shape (5056,); expected uint8 of shape (5056,)"),
+    "rng_numpy_short": (_edit_tensor("rng.numpy", lambda t: t[:10]),
+                        "tensor 'rng.numpy' is int64 of shape (10,); expected int64 of shape (624,)"),
+    "model_tensor_shape": (_edit_tensor(FC, lambda t: t.t().contiguous()), "tensor 'model.net.fc.weight' is "
+                           "float32 of shape (128, 4) in the checkpoint but model 'small_cnn' expects float32 of "
+                           "shape (4, 128)"),
+    "model_tensor_float64": (_edit_tensor(FC, lambda t: t.double()), "tensor 'model.net.fc.weight' is float64 of "
+                             "shape (4, 128) in the checkpoint but model 'small_cnn' expects float32"),
+    "model_tensor_nan": (_edit_tensor(FC, lambda t: torch.full_like(t, float("nan"))),
+                         "tensor 'model.net.fc.weight' holds non-finite values"),
+    "model_tensor_missing": (_edit_tensor(FC, None), "tensor 'model.net.fc.weight' is missing"),
+    "unknown_tensor": (_edit_tensor("payload.code", lambda t: torch.zeros(3)),
+                       "tensor 'payload.code' (float32 of shape (3,)) is not one advtrain writes"),
+    "coreset_float_indices": (_edit_tensor("coreset.indices", lambda t: torch.zeros(3)),
+                              "tensor 'coreset.indices' is float32 of shape (3,)"),
+    "stored_recipe_checkpoint_path": (_edit_recipe("kwargs: {}", "kwargs: {checkpoint_path: evil.pth}"),
+                                      "model.kwargs.checkpoint_path: not an allowed timm argument"),
+    "stored_recipe_env_resolver": (_edit_recipe("name: tiny", "name: ${oc.env:ADVTRAIN_TEST_SECRET}"),
+                                   "name: '${oc.env:ADVTRAIN_TEST_SECRET}' is not allowed here"),
+    "stored_recipe_not_a_mapping": (_edit_recipe("name: tiny", "- name: tiny\n- x"), "stored recipe"),
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "resume"])
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_CASES))
+def test_bad_checkpoint_is_refused_and_loses_nothing(arena, case, command):
+    edit, expected = CHECKPOINT_CASES[case]
+    if command == "resume" and case.startswith("stored_recipe"):
+        pytest.skip("resume validates the user's recipe, not the stored one (compared as data only)")
+    tensors, metadata = _read_checkpoint(arena / "runs/victim/last.safetensors")
+    if "coreset" in case:
+        tensors["coreset.indices"], tensors["coreset.weights"] = torch.arange(3), torch.ones(3)
+        metadata["advtrain"] = json.dumps({**json.loads(metadata["advtrain"]), "coreset_epoch": 0})
+    edit(tensors, metadata)
+    crafted = arena / "downloaded.safetensors"
+    save_file(tensors, str(crafted), metadata=metadata)
+    before = _snapshot(arena / "runs")
+    if command == "eval":
+        code, out = _invoke("eval", crafted, "--attack", "clean", "--n-examples", "4", "--out", "evaluated")
+        assert not (arena / "evaluated").exists()
+    else:  # continue the victim run from the crafted checkpoint, into the victim's own folder
+        code, out = _invoke("run", ASSETS / "tiny.yaml", *VICTIM_ARGS, "output.dir=runs/victim", "--resume-from",
+                            crafted)
+    _assert_clean_refusal(arena, before, code, out, [expected, "downloaded.safetensors"])
+
+
+def test_optimizer_state_of_the_wrong_shape_names_the_tensor(arena):
+    tensors, metadata = _read_checkpoint(arena / "runs/victim/last.safetensors")
+    name = next(k for k in tensors if k.startswith("optim.") and tensors[k].dim() == 4)
+    tensors[name] = tensors[name][:1].contiguous()
+    save_file(tensors, str(arena / "downloaded.safetensors"), metadata=metadata)
+    before = _snapshot(arena / "runs")
+    code, out = _invoke("run", ASSETS / "tiny.yaml", *VICTIM_ARGS, "output.dir=runs/victim", "--resume-from",
+                        "downloaded.safetensors")
+    _assert_clean_refusal(arena, before, code, out, [f"tensor '{name}' is float32 of shape (1,", "but parameter"])
+
+
+# ------------------------------------------------------------------------------ folders and CLI
+def test_resume_from_another_runs_checkpoint_is_refused(arena):
+    before = _snapshot(arena / "runs")
+    code, out = _invoke("run", ASSETS / "tiny.yaml", *VICTIM_ARGS, "schedule.epochs=3", "output.dir=runs/victim",
+                        "--resume-from", "runs/other/epoch_001.safetensors")
+    _assert_clean_refusal(arena, before, code, out, ["output.dir 'runs/victim' holds another run than checkpoint",
+                                                     "would rewrite that run's metrics"])
+
+
+def test_a_folder_in_use_by_another_process_is_refused(arena):
+    import fcntl
+
+    with open(arena / "runs/victim/.advtrain.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = _snapshot(arena / "runs")
+        code, out = _invoke("run", ASSETS / "tiny.yaml", *VICTIM_ARGS, "schedule.epochs=3",
+                            "output.dir=runs/victim", "--resume")
+    _assert_clean_refusal(arena, before, code, out, ["output.dir 'runs/victim' is in use by another advtrain process"])
+
+
+def test_overwrite_refuses_a_folder_advtrain_did_not_write(arena):
+    before = _snapshot(arena / "runs")
+    code, out = _invoke("run", ASSETS / "tiny.yaml", "output.dir=bad_data/notarun", "--overwrite")
+    _assert_clean_refusal(arena, before, code, out, ["holds report.json but no advtrain run"])
+    assert (arena / "bad_data/notarun/report.json").read_text() == '{"mine": "not advtrain"}'
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--steps", "1000000000"], "--steps"),
+    (["--n-examples", "0"], "--n-examples"),
+    (["--seed", "-1"], "--seed"),
+    (["--eps", "1e400"], "'1e400' is not a finite number"),
+    (["--batch-size", "[/b]"], "Invalid value for '--batch-size'"),
+], ids=["steps_huge", "n_examples_zero", "seed_negative", "eps_infinite", "markup_in_option"])
+def test_bad_eval_options_exit_2(arena, args, expected):
+    before = _snapshot(arena / "runs")
+    code, out = _invoke("eval", "runs/victim/best.safetensors", "--attack", "clean", *args)
+    _assert_clean_refusal(arena, before, code, out, [expected])
+
+
+def test_markup_in_a_missing_recipe_path_is_printed_as_written(arena):
+    before = _snapshot(arena / "runs")
+    code, out = _invoke("validate", "runs/[/b][bold]x.yaml")
+    _assert_clean_refusal(arena, before, code, out, ["recipe file 'runs/[/b][bold]x.yaml' does not exist"])

@@ -1,0 +1,44 @@
+"""SIGINT/SIGTERM outside the training loop: stop with the command's own message and exit 130.
+
+The training loop handles signals itself (finish the step, save, say how to resume). Everything
+else a command does (building, the final test evaluation, ``advtrain eval``) runs inside
+:func:`on_signals`, which turns either signal into :class:`CommandInterrupted` carrying the
+command's wording; the CLI prints it as one panel and exits with 130.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class CommandInterrupted(Exception):
+    """A signal stopped a command outside training; ``str(err)`` says what was kept and what to do."""
+
+
+@contextmanager
+def on_signals(describe: Callable[[str], str]) -> Iterator[None]:
+    """While inside, SIGINT/SIGTERM raise ``CommandInterrupted(describe("SIGTERM"))``.
+
+    Handlers installed inside (the training loop's) take precedence while they are active; the
+    previous handlers come back on exit. Outside the main thread signals cannot be handled, so
+    this does nothing there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise CommandInterrupted(describe(signal.Signals(signum).name))
+
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
