@@ -464,7 +464,8 @@ def list_eval_presets() -> list[tuple[str, str]]:
               "labelled; without a checkpoint ball, the presets above (ℓ∞ 8/255, ℓ2 0.5)"),
              ("step rule", f"PGD/CW without --alpha: {STEP_RULE} for ℓ∞ and ℓ2, recomputed for --eps/--steps "
               "(ℓ∞ 8/255 with 10-50 steps: 2/255)"),
-             ("pgd<N>[x<R>][-l2]", "PGD with N steps and R restarts, ℓ∞ (ℓ2 with -l2), e.g. pgd100x5-l2"),
+             ("pgd<N>[x<R>][-l2]", "PGD with N steps and R restarts; ℓ2 with -l2, else the checkpoint's norm (ℓ∞ "
+              "without one), e.g. pgd100x5-l2"),
              ("aa<N>[-l2]", "AutoAttack with a NON-STANDARD budget of N iterations (Square: 50·N queries), "
               "for quick checks; --steps N does the same to aa"),
              ("cw<N>", "PGD with N steps on the CW margin loss, ℓ∞, e.g. cw200"),
