@@ -179,7 +179,7 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
         rows.append((r["name"], r["description"], f"{r['robust_acc']:.1%}", f"{r['seconds']:.1f}s"))
         rows += [(f"  after {stage}", "" if i else "each stage attacks only the points still robust",
                   f"{acc:.1%}", "") for i, (stage, acc) in enumerate((r.get("stage_acc") or {}).items())]
-    if result.union_acc is not None and len(rows) > 2:
+    if result.union_acc is not None and len(record["robust_acc"]) > 1:
         rows.append(("union", "correct under every attack", f"{result.union_acc:.1%}", ""))
     rows += [(f"union of {group}", f"correct under every {group} attack", f"{acc:.1%}", "")
              for group, acc in result.group_union_acc.items()]
