@@ -1,16 +1,19 @@
 """Evaluation attacks behind one name grammar.
 
-ℓp attacks: ``clean``, ``fgsm``, ``pgd<steps>[x<restarts>][-l2]``, ``cw<steps>``, ``aa``, ``aa-l2``.
+ℓp attacks: ``clean``, ``fgsm``, ``pgd<steps>[x<restarts>][-l2]``, ``cw<steps>``, ``aa``, ``aa-l2``
+(``aa<N>[-l2]``: AutoAttack with a smaller, non-standard budget of N iterations).
 PAT's perceptual and unseen threat models: ``ppgd<steps>[-<net>]``, ``lpa<steps>[-<net>]`` (LPIPS
 ball, net = self | alexnet | vgg | squeeze, default self), ``stadv<steps>`` (spatial flow) and
 ``recolor<steps>`` (ReColorAdv colour map). Any name may end in ``@<bound>`` (``aa-l2@1``,
 ``ppgd40@0.25``); a group name expands to several attacks: ``unseen`` is PAT's CIFAR-10 set
 (AutoAttack ℓ∞ 8/255, AutoAttack ℓ2 1, StAdv 0.05, ReColorAdv 0.06).
 
-A name parses into a family, a norm, steps, restarts and an optional bound; the field's defaults
-fill the rest (ℓ∞: ε = 8/255, step 2/255; ℓ2: ε = 0.5, step 2.5·ε/steps; random start; LPIPS 0.5;
-flow 0.05; colour 0.06) and ``--eps/--alpha/--steps/--restarts/--norm`` overrides apply on top.
-Variants are data over a few runners, not one class per preset.
+A name parses into a family, a norm, steps, restarts and an optional bound. The ball comes from,
+in order: the ``@<bound>``, the ``eps`` override, the ``default`` ball the caller passes (``advtrain
+eval``: the checkpoint's own threat model, see :func:`checkpoint_balls`), the field's preset (ℓ∞
+8/255, ℓ2 0.5, LPIPS 0.5, flow 0.05, colour 0.06). A name without ``-l2`` and without ``@`` takes
+the default ball's norm. The PGD/CW step, unless given, follows ε by one rule for both norms,
+:data:`STEP_RULE`. Variants are data over a few runners, not one class per preset.
 
 PGD and CW presets run :func:`~advtrain.attacks.pgd.pgd` with ``keep_best=True``: per example the
 worst point over all steps and restarts (a misclassified point wins, then the higher loss), so a
@@ -29,13 +32,19 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from advtrain.attacks.autoattack import autoattack
+from advtrain.attacks.autoattack import (
+    SQUARE_QUERIES,
+    STAGES,
+    STANDARD_ITERATIONS,
+    autoattack,
+    autoattack_stage,
+)
 from advtrain.attacks.fgsm import FGSMParams, fgsm
 from advtrain.attacks.pgd import PGDParams, pgd
 from advtrain.config.params import FractionError, parse_number
 from advtrain.errors import UserError, did_you_mean
 
-GRAMMAR = ("clean, fgsm, pgd<steps>[x<restarts>][-l2], cw<steps>, aa, aa-l2, ppgd<steps>[-<net>], "
+GRAMMAR = ("clean, fgsm, pgd<steps>[x<restarts>][-l2], cw<steps>, aa, aa-l2, aa<iterations>[-l2], ppgd<steps>[-<net>], "
            "lpa<steps>[-<net>], stadv<steps>, recolor<steps>, each optionally @<bound>; groups: unseen")
 FAMILIES = ("clean", "fgsm", "pgd", "cw", "aa", "ppgd", "lpa", "stadv", "recolor")
 #: ℓp families: the global eps/alpha/norm overrides apply to these only (other bounds are in other units).
@@ -47,15 +56,71 @@ GROUPS = {"unseen": ("aa@8/255", "aa-l2@1", "stadv100@0.05", "recolor100@0.06")}
 LINF_EPS = 8 / 255
 LINF_ALPHA = 2 / 255
 L2_EPS = 0.5
-L2_ALPHA_FACTOR = 2.5  # ℓ2 step = 2.5·ε/steps (Madry et al.)
+STEP_RULE = "α = max(ε/4, 2.5·ε/steps)"
+#: Square's query budget per APGD iteration in the non-standard ``aa<N>`` budgets (standard: 5000 for 100).
+AA_QUERIES_PER_ITERATION = 50
+
+
+def step_for(eps: float, steps: int) -> float:
+    """The PGD/CW step when none is given: α = max(ε/4, 2.5·ε/steps), for ℓ∞ and ℓ2 alike.
+
+    At the CIFAR-10 ℓ∞ budget (8/255, 10 to 50 steps) this is the usual 2/255. It scales with ε, so
+    ``--eps 0.2`` gets 0.05 rather than a fixed 2/255 (which weakened PGD-50 by about 3 points on
+    digits). For ℓ2 with many steps it is ε/4: Madry's 2.5·ε/steps alone (0.05·ε for 50 steps),
+    with a start near the ball's edge, reported 1.5 to 6 points more robustness than torchattacks'
+    PGDL2 on a small digits model. With ε/4 and a start radius uniform on [0, ε] the evaluation PGD
+    agrees with PGDL2 within 0.5 points (``tests/unit/test_attack_strength.py``).
+    """
+    return max(eps / 4, 2.5 * eps / steps)
+
+
+@dataclass(frozen=True)
+class Ball:
+    """A default threat model: ``norm`` (linf, l2, lpips; None = any ℓp norm), radius and where it came from."""
+
+    norm: str | None
+    eps: float
+    source: str
+    text: str | None = None
+
+    def describe(self) -> str:
+        symbol = {"linf": "ℓ∞ ", "l2": "ℓ2 ", "lpips": "LPIPS "}.get(self.norm or "", "")
+        return f"{symbol}ε={self.text or _fmt(self.eps)}"
+
+
+def checkpoint_balls(objective: str | None, attack: str | None, params: Any,
+                     eval_eps: float | None) -> tuple[Ball | None, Ball | None, Ball | None]:
+    """(ℓp default, LPIPS default, training ball) of a checkpoint, from its stored recipe.
+
+    The ℓp default is the recipe's ``eval.eps`` when set (in the training attack's norm when that is
+    an ℓp attack), else the training attack's ε and norm. A perceptual training attack (a ``bound``
+    in LPIPS units) gives the default bound of ``ppgd``/``lpa``. A ``clean`` objective trains against
+    no ball. Takes plain values, not a recipe: this module sits below the config layer.
+    """
+    if objective == "clean" or attack is None or params is None:
+        trained = None
+    elif attack in ("pgd", "fgsm") and getattr(params, "norm", None) in _NORM_SYMBOL:
+        trained = Ball(params.norm, float(params.eps), f"checkpoint: training attack ({attack})")
+    elif getattr(params, "bound", None) is not None and getattr(params, "lpips", None) is not None:
+        trained = Ball("lpips", float(params.bound), f"checkpoint: training attack ({attack})")
+    else:
+        trained = None
+    lp_trained = trained if trained is not None and trained.norm in _NORM_SYMBOL else None
+    if eval_eps is not None:
+        lp = Ball(lp_trained.norm if lp_trained else None, float(eval_eps), "checkpoint: recipe eval.eps")
+    else:
+        lp = lp_trained
+    lpips = trained if trained is not None and trained.norm == "lpips" else None
+    return lp, lpips, trained
 
 # Shown by `advtrain list attacks` and used for did-you-mean hints.
 LISTED = ("clean", "fgsm", "pgd20", "pgd50", "pgd100", "pgd50x10", "pgd20-l2", "pgd50-l2", "pgd50x10-l2",
-          "cw50", "cw100", "aa", "aa-l2", "ppgd40", "lpa40", "ppgd40-alexnet", "lpa40-alexnet", "stadv100",
+          "cw50", "cw100", "aa", "aa-l2", "aa10", "ppgd40", "lpa40", "ppgd40-alexnet", "lpa40-alexnet", "stadv100",
           "recolor100", *GROUPS)
 
 _PGD_NAME = re.compile(r"pgd(\d+)(?:x(\d+))?(-l2)?")
 _CW_NAME = re.compile(r"cw(\d+)")
+_AA_NAME = re.compile(r"aa(\d+)?(-l2)?")
 _PERCEPTUAL_NAME = re.compile(r"(ppgd|lpa)(\d+)(?:-(self|alexnet|vgg|squeeze))?")
 _UNSEEN_NAME = re.compile(r"(stadv|recolor)(\d+)")
 
@@ -65,12 +130,14 @@ class EvalAttack:
     """A fully resolved evaluation attack; fields that do not apply to a family are ``None``.
 
     ``clean``: no attack (``eps`` 0). ``fgsm``: one step of ε, no random start. ``pgd``/``cw``:
-    PGD on cross-entropy / CW margin. ``aa``: AutoAttack standard (parameter-free: no α, steps or
-    restarts). ``ppgd``/``lpa``: perceptual attacks, ``eps`` is the LPIPS bound, ``network`` the
-    LPIPS feature network, ``alpha`` an explicit LPIPS step length. ``stadv``/``recolor``: ``eps``
-    is the bound on the flow / colour-map displacement. ``group`` names the group the attack came
-    from (reports give the union accuracy per group); ``cache`` keeps an LPIPS backbone loaded
-    across batches.
+    PGD on cross-entropy / CW margin. ``aa``: AutoAttack, standard when ``steps`` is None, else a
+    smaller non-standard budget of ``steps`` iterations (no α or restarts). ``ppgd``/``lpa``:
+    perceptual attacks, ``eps`` is the LPIPS bound, ``network`` the LPIPS feature network,
+    ``alpha`` an explicit LPIPS step length. ``stadv``/``recolor``: ``eps`` is the bound on the
+    flow / colour-map displacement. ``group`` names the group the attack came from (reports give
+    the union accuracy per group); ``cache`` keeps an LPIPS backbone loaded across batches.
+    ``eps_source`` says where the radius came from (``@ suffix``, ``--eps``, the checkpoint, a
+    preset default); ``alpha_from_rule`` whether the step is :data:`STEP_RULE`'s.
     """
 
     name: str
@@ -84,6 +151,24 @@ class EvalAttack:
     eps_text: str | None = field(default=None, compare=False)
     group: str | None = field(default=None, compare=False)
     cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    eps_source: str | None = field(default=None, compare=False)
+    alpha_from_rule: bool = field(default=False, compare=False)
+
+    @property
+    def standard(self) -> bool:
+        """False for AutoAttack with a reduced budget: its number is not comparable with published ones."""
+        return not (self.family == "aa" and self.steps is not None)
+
+    def stages(self) -> tuple[str, ...]:
+        """AutoAttack's stages in order (each runs on the points the earlier ones left robust)."""
+        return STAGES if self.family == "aa" else ()
+
+    def run_stage(self, model: nn.Module, x: Tensor, y: Tensor, stage: str) -> Tensor:
+        """One AutoAttack stage on ``(x, y)``; returns detached ``x_adv``."""
+        iterations = self.steps or STANDARD_ITERATIONS
+        queries = SQUARE_QUERIES if self.steps is None else AA_QUERIES_PER_ITERATION * self.steps
+        return autoattack_stage(model, x, y, stage, norm=self.norm or "linf", eps=self.eps,
+                                iterations=iterations, queries=queries)
 
     def describe(self) -> str:
         """One line saying exactly what runs, e.g. ``PGD-50×10 ℓ∞ ε=8/255 α=2/255, CE loss, ...``."""
@@ -93,7 +178,11 @@ class EvalAttack:
         if self.family == "fgsm":
             return f"FGSM {ball} (one signed step of ε, no random start)"
         if self.family == "aa":
-            return f"AutoAttack standard {ball} (APGD-CE, APGD-T, FAB-T, Square)"
+            if self.steps is None:
+                return f"AutoAttack standard {ball} (APGD-CE, APGD-T, FAB-T, Square)"
+            return (f"AutoAttack NON-STANDARD budget {ball}: APGD-CE, APGD-T, FAB-T with {self.steps} iterations, "
+                    f"Square {AA_QUERIES_PER_ITERATION * self.steps} queries (standard: {STANDARD_ITERATIONS}, "
+                    f"{SQUARE_QUERIES}); a quick check, not comparable with published AutoAttack numbers")
         if self.family in ("ppgd", "lpa"):
             label = "Perceptual PGD" if self.family == "ppgd" else "Lagrangian perceptual attack"
             per = " per λ round, 5 rounds" if self.family == "lpa" else ", conjugate-gradient steps"
@@ -108,7 +197,8 @@ class EvalAttack:
         label = "PGD" if self.family == "pgd" else "CW"
         runs = f"{self.steps}×{self.restarts}" if self.restarts and self.restarts > 1 else f"{self.steps}"
         loss = "CE loss" if self.family == "pgd" else "CW margin loss"
-        return (f"{label}-{runs} {ball} α={_fmt(self.alpha or 0.0)}, {loss}, random start, "
+        rule = f" ({STEP_RULE})" if self.alpha_from_rule else ""
+        return (f"{label}-{runs} {ball} α={_fmt(self.alpha or 0.0)}{rule}, {loss}, random start, "
                 f"worst case over steps{' and restarts' if self.restarts and self.restarts > 1 else ''}")
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -120,7 +210,10 @@ _NORM_SYMBOL = {"linf": "ℓ∞", "l2": "ℓ2"}
 
 
 def _fmt(value: float) -> str:
-    """``8/255`` for whole 255ths below 1 (how papers write ℓ∞ budgets), else a short decimal (ℓ2 ``1``)."""
+    """A short decimal when exact (``0.2``, ℓ2 ``1``), else ``8/255`` for whole 255ths below 1 (how papers
+    write ℓ∞ budgets), else four significant digits."""
+    if float(f"{value:.4g}") == value:
+        return f"{value:g}"
     scaled = value * 255
     if 0 < value < 1 and abs(scaled - round(scaled)) < 1e-6:
         return f"{round(scaled)}/255"
@@ -139,11 +232,14 @@ def _run_pgd(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tens
     params = PGDParams(norm=attack.norm or "linf", eps=attack.eps, alpha=attack.alpha or 0.0,
                        steps=attack.steps or 0, random_start=True, restarts=attack.restarts or 1,
                        loss="ce" if attack.family == "pgd" else "margin")
-    return pgd(model, x, y, params, keep_best=True)
+    return pgd(model, x, y, params, keep_best=True, l2_radius="uniform")
 
 
 def _run_aa(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    return autoattack(model, x, y, norm=attack.norm or "linf", eps=attack.eps)
+    iterations = attack.steps or STANDARD_ITERATIONS
+    queries = SQUARE_QUERIES if attack.steps is None else AA_QUERIES_PER_ITERATION * attack.steps
+    return autoattack(model, x, y, norm=attack.norm or "linf", eps=attack.eps, iterations=iterations,
+                      queries=queries)
 
 
 def _run_ppgd(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -193,18 +289,23 @@ Parsed = tuple[str, "str | None", "int | None", "int | None", "str | None"]
 
 
 def _parse(name: str) -> Parsed | None:
-    """``name`` → (family, norm, steps, restarts, LPIPS network) as the name writes them; None if not a name."""
+    """``name`` → (family, norm, steps, restarts, LPIPS network) as the name writes them; None if not a name.
+
+    The norm of an ℓp name without ``-l2`` is None: the caller's default ball decides (ℓ∞ without one).
+    """
     if name in ("clean", "fgsm"):
         return name, (None if name == "clean" else "linf"), None, None, None
-    if name in ("aa", "aa-l2"):
-        return "aa", ("l2" if name == "aa-l2" else "linf"), None, None, None
+    match = _AA_NAME.fullmatch(name)
+    if match:
+        iterations, l2 = match.groups()
+        return "aa", ("l2" if l2 else None), int(iterations) if iterations else None, None, None
     match = _PGD_NAME.fullmatch(name)
     if match:
         steps, restarts, l2 = match.groups()
-        return "pgd", ("l2" if l2 else "linf"), int(steps), int(restarts) if restarts else 1, None
+        return "pgd", ("l2" if l2 else None), int(steps), int(restarts) if restarts else 1, None
     match = _CW_NAME.fullmatch(name)
     if match:
-        return "cw", "linf", int(match.group(1)), 1, None
+        return "cw", None, int(match.group(1)), 1, None
     match = _PERCEPTUAL_NAME.fullmatch(name)
     if match:
         family, steps, network = match.groups()
@@ -249,16 +350,19 @@ def _split_bound(written: str, key: str) -> tuple[str, float | None, str | None]
 
 def resolve_eval_attack(name: str, *, eps: float | None = None, alpha: float | None = None,
                         steps: int | None = None, restarts: int | None = None,
-                        norm: str | None = None) -> EvalAttack:
+                        norm: str | None = None, eps_text: str | None = None, eps_source: str = "eps override",
+                        default: Ball | None = None, lpips_default: Ball | None = None) -> EvalAttack:
     """Parse one evaluation attack name and apply overrides on top of its preset.
 
     Overrides that do not apply to a family are ignored, so one set of global ``--eps/--steps``
     flags can go with a list of attacks: ``clean`` ignores all of them, ``fgsm`` uses only ``eps``
-    (its step is ε), ``aa`` only ``eps`` and ``norm``. For PGD/CW an ``eps`` or ``steps`` override
-    without ``alpha`` recomputes the ℓ2 step as 2.5·ε/steps; the ℓ∞ step stays 2/255. ``eps``,
+    (its step is ε), ``aa`` ``eps``, ``norm`` and ``steps`` (a non-standard, labelled budget). For
+    PGD/CW without ``alpha`` the step follows the final ε and steps by :data:`STEP_RULE`. ``eps``,
     ``alpha`` and ``norm`` are ℓp quantities: perceptual, flow and colour attacks ignore them and
-    take their bound from ``@<bound>`` only (``ppgd40@0.25``); ``steps`` applies to them too. A
-    bound written with ``@`` beats the ``eps`` override.
+    take their bound from ``@<bound>`` (``ppgd40@0.25``), else ``lpips_default`` (ppgd/lpa), else
+    their preset; ``steps`` applies to them too. A bound written with ``@`` beats the ``eps``
+    override, which beats ``default`` (used when its norm is the attack's, or None). An ℓp name
+    without ``-l2`` and without ``@`` takes ``default``'s norm (ℓ∞ when there is none).
 
     Raises:
         UserError: unknown name (with a did-you-mean hint and the grammar), invalid override or
@@ -284,35 +388,45 @@ def resolve_eval_attack(name: str, *, eps: float | None = None, alpha: float | N
         return EvalAttack(key, "clean", None, 0.0, None, None, None)
     if family in OTHER_METRICS:
         n_steps = steps if steps is not None else parsed_steps or 1
-        return EvalAttack(label, family, parsed_norm, bound if bound is not None else OTHER_METRICS[family][1],
-                          None, n_steps, 1, network, bound_text)
-    final_norm = norm or parsed_norm or "linf"
+        if bound is not None:
+            radius, text, source = bound, bound_text, "@ suffix"
+        elif lpips_default is not None and family in ("ppgd", "lpa"):
+            radius, text, source = lpips_default.eps, lpips_default.text, lpips_default.source
+        else:
+            radius, text, source = OTHER_METRICS[family][1], None, "preset default"
+        return EvalAttack(label, family, parsed_norm, radius, None, n_steps, 1, network, text, eps_source=source)
+    final_norm = norm or parsed_norm
+    if final_norm is None:
+        usable = bound is None and default is not None and default.norm in _NORM_SYMBOL
+        final_norm = default.norm if usable and default is not None and default.norm else "linf"
     if family == "fgsm" and final_norm != "linf":
         raise UserError(f"attack '{key}': FGSM is ℓ∞ only; for a one-step ℓ2 attack use pgd1-l2")
     if bound is not None:
-        radius = bound
+        radius, text, source = bound, bound_text, "@ suffix"
+    elif eps is not None:
+        radius, text, source = float(eps), eps_text, eps_source
+    elif default is not None and default.norm in (final_norm, None):
+        radius, text, source = default.eps, default.text, default.source
     else:
-        radius = float(eps) if eps is not None else (LINF_EPS if final_norm == "linf" else L2_EPS)
+        radius, text, source = (LINF_EPS if final_norm == "linf" else L2_EPS), None, "preset default"
     if family == "fgsm":
-        return EvalAttack(label, "fgsm", "linf", radius, radius, 1, 1, eps_text=bound_text)
+        return EvalAttack(label, "fgsm", "linf", radius, radius, 1, 1, eps_text=text, eps_source=source)
     if family == "aa":
         if importlib.util.find_spec("torchattacks") is None:
             raise UserError(f"attack '{key}' (AutoAttack) needs the optional torchattacks package: "
                             "pip install 'advtrain[autoattack]'")
-        return EvalAttack(label, "aa", final_norm, radius, None, None, None, eps_text=bound_text)
+        iterations = steps if steps is not None else parsed_steps
+        return EvalAttack(label, "aa", final_norm, radius, None, iterations, None, eps_text=text,
+                          eps_source=source)
     n_steps = steps if steps is not None else (parsed_steps if parsed_steps is not None else 0)
     if n_steps < 1:
         raise UserError(f"attack '{key}': steps must be >= 1 (e.g. pgd20)")
     n_restarts = restarts if restarts is not None else (parsed_restarts if parsed_restarts is not None else 1)
     if n_restarts < 1:
         raise UserError(f"attack '{key}': restarts must be >= 1 (e.g. pgd50x10)")
-    if alpha is not None:
-        step = float(alpha)
-    elif final_norm == "l2":
-        step = L2_ALPHA_FACTOR * radius / n_steps
-    else:
-        step = LINF_ALPHA
-    return EvalAttack(label, family, final_norm, radius, step, n_steps, n_restarts, eps_text=bound_text)
+    step = float(alpha) if alpha is not None else step_for(radius, n_steps)
+    return EvalAttack(label, family, final_norm, radius, step, n_steps, n_restarts, eps_text=text,
+                      eps_source=source, alpha_from_rule=alpha is None)
 
 
 def resolve_eval_attacks(names: list[str], **overrides: Any) -> list[EvalAttack]:
@@ -339,13 +453,21 @@ def list_eval_presets() -> list[tuple[str, str]]:
     for name in LISTED:
         if name in GROUPS:
             rows.append((name, f"group: {', '.join(GROUPS[name])} (PAT's unseen threat models on CIFAR-10)"))
-        elif name in ("aa", "aa-l2"):
-            rows.append((name, EvalAttack(name, "aa", "l2" if name.endswith("l2") else "linf",
-                                          L2_EPS if name.endswith("l2") else LINF_EPS, None, None, None).describe()
-                         + aa_missing))
+        elif name.startswith("aa"):
+            family, norm, iterations, _, _ = _parse(name) or ("aa", None, None, None, None)
+            rows.append((name, EvalAttack(name, family, norm or "linf", L2_EPS if norm == "l2" else LINF_EPS,
+                                          None, iterations, None).describe() + aa_missing))
         else:
             rows.append((name, resolve_eval_attack(name).describe()))
-    rows += [("pgd<N>[x<R>][-l2]", "PGD with N steps and R restarts, ℓ∞ (ℓ2 with -l2), e.g. pgd100x5-l2"),
+    rows += [("ε (advtrain eval)", "the checkpoint's threat model: its recipe's eval.eps if set, else its training "
+              "attack's ε and norm (ppgd/lpa: its LPIPS bound); --eps or name@<bound> evaluate elsewhere and are "
+              "labelled; without a checkpoint ball, the presets above (ℓ∞ 8/255, ℓ2 0.5)"),
+             ("step rule", f"PGD/CW without --alpha: {STEP_RULE} for ℓ∞ and ℓ2, recomputed for --eps/--steps "
+              "(ℓ∞ 8/255 with 10-50 steps: 2/255)"),
+             ("pgd<N>[x<R>][-l2]", "PGD with N steps and R restarts; ℓ2 with -l2, else the checkpoint's norm (ℓ∞ "
+              "without one), e.g. pgd100x5-l2"),
+             ("aa<N>[-l2]", "AutoAttack with a NON-STANDARD budget of N iterations (Square: 50·N queries), "
+              "for quick checks; --steps N does the same to aa"),
              ("cw<N>", "PGD with N steps on the CW margin loss, ℓ∞, e.g. cw200"),
              ("ppgd<N>[-net], lpa<N>[-net]", "perceptual attacks; net = self (default), alexnet, vgg, squeeze "
               "(ImageNet weights in the torch hub cache)"),

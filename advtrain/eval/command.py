@@ -64,57 +64,104 @@ def load_model_from_checkpoint(path: Path, data_overrides: list[str],
     return ckpt, recipe, data, model.to(device).eval()
 
 
+def _checkpoint_balls(recipe: Any) -> tuple[Any, Any, Any]:
+    """(ℓp default, LPIPS default, training ball) from the checkpoint's stored recipe."""
+    from advtrain.attacks.presets import checkpoint_balls
+
+    objective, attack = recipe.components["objective"], recipe.components["attack"]
+    return checkpoint_balls(objective.name if objective else None, attack.name if attack else None,
+                            attack.params if attack else None, recipe.eval.eps)
+
+
+def _trained_text(trained: Any) -> str:
+    if trained is None:
+        return "no ℓp or LPIPS ball (clean training)"
+    return f"{trained.describe()} ({trained.source})"
+
+
+def _ball_lines(attacks: list[Any], trained: Any) -> list[str]:
+    """One line per distinct ball: what ε each attack uses, where it came from, and whether it is the training one."""
+    seen: dict[tuple, list[str]] = {}
+    for a in attacks:
+        if a.family == "clean":
+            continue
+        text = a.eps_text or _fraction(a.eps)
+        seen.setdefault((a.norm, text, a.eps_source), []).append(a.name)
+    lines = []
+    symbols = {"linf": "ℓ∞", "l2": "ℓ2", "lpips": "LPIPS", "flow": "flow", "color": "colour"}
+    for (norm, text, src), names in seen.items():
+        attack = next(a for a in attacks if a.name == names[0])
+        same = None if trained is None else (attack.norm == trained.norm and abs(attack.eps - trained.eps) < 1e-9)
+        note = {None: "", True: " = the training ε", False: " — NOT the training ε"}[same]
+        lines.append(f"ε: {symbols.get(norm or '', norm)} {text} from {src}{note} ({', '.join(names)})")
+    return lines
+
+
 def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batch_size: int,
              eps: str | None, alpha: str | None, steps: int | None, restarts: int | None,
              eps_sweep: str | None, split: str, data_overrides: list[str], out: Path | None,
              device: str | None, seed: int) -> dict[str, Any]:
     """Evaluate, write ``report.json``, ``report.md`` and ``robust_vs_eps.png``, print a table."""
-    from advtrain.attacks.presets import LP_FAMILIES, resolve_eval_attack, resolve_eval_attacks
+    from advtrain.attacks.presets import resolve_eval_attack, resolve_eval_attacks
     from advtrain.ui import console
 
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val, got '{split}'")
     eps_value, alpha_value = _number(eps, "--eps"), _number(alpha, "--alpha")
-    overrides = {"eps": eps_value, "alpha": alpha_value, "steps": steps, "restarts": restarts}
-    attacks = resolve_eval_attacks(names, **overrides)  # unknown names fail before loading
+    overrides = {"eps": eps_value, "alpha": alpha_value, "steps": steps, "restarts": restarts,
+                 "eps_text": eps.strip() if eps else None, "eps_source": "--eps"}
+    resolve_eval_attacks(names, **overrides)  # unknown names fail before loading
     sweep_values = [(s.strip(), _number(s.strip(), "--eps-sweep")) for s in eps_sweep.split(",")] \
         if eps_sweep else []
     path = checkpoint or newest_checkpoint()
     dev = pick_device(device or "auto")
     seed_everything(seed)
     ckpt, recipe, data, model = load_model_from_checkpoint(path, data_overrides, dev)
+    lp_default, lpips_default, trained = _checkpoint_balls(recipe)
+    attacks = resolve_eval_attacks(names, **overrides, default=lp_default, lpips_default=lpips_default)
     source = data.test if split == "test" else data.val
     if len(source) == 0:
         raise UserError(f"the {split} split of dataset '{recipe.components['data'].name}' is empty")
     console.info(f"evaluating {path} ({model.model_name}, epoch {ckpt.meta.get('epoch', 0) + 1}) on "
                  f"{min(n_examples, len(source))} {split} examples, {dev}, fp32")
+    console.info(f"trained against: {_trained_text(trained)}")
+    for line in _ball_lines(attacks, trained):
+        console.info(line)
     start = time.perf_counter()
     kwargs = dict(n_examples=n_examples, batch_size=batch_size, device=dev, num_classes=data.num_classes)
-    result = evaluate(model, source, attacks, **kwargs)
-    record = eval_record(result, attacks, eps_written={a.name: a.eps_text or eps for a in attacks
-                                                        if a.eps_text or (eps and a.family in LP_FAMILIES)})
-    sweep_rows = []
-    if sweep_values:
-        base = next((a for a in attacks if a.family in ("pgd", "cw")), None) or resolve_eval_attack("pgd50")
-        for text, value in sweep_values:
-            attack = resolve_eval_attack(base.name, eps=value, alpha=alpha_value, steps=steps, restarts=restarts)
-            res = evaluate(model, source, [attack], **kwargs)
-            acc = res.clean_acc if value == 0 else res.attacks[0].robust_acc
-            sweep_rows.append({"eps": text, "eps_float": value, "attack": base.name, "norm": attack.norm,
-                               "robust_acc": acc})
-    else:  # one point per measured attack, clean at ε = 0
-        sweep_rows.append({"eps": "0", "eps_float": 0.0, "attack": "measured", "norm": "linf",
+    with console.EvalProgress() as progress:
+        result = evaluate(model, source, attacks, **kwargs, progress=progress)
+        record = eval_record(result, attacks, trained=trained)
+        sweep_rows = []
+        if sweep_values:
+            base = next((a for a in attacks if a.family in ("pgd", "cw")), None) or \
+                resolve_eval_attack("pgd50", default=lp_default)
+            for text, value in sweep_values:
+                attack = resolve_eval_attack(base.name, eps=value, alpha=alpha_value, steps=steps, restarts=restarts,
+                                             norm=base.norm, eps_text=text, eps_source="--eps-sweep")
+                res = evaluate(model, source, [attack], **kwargs, progress=progress)
+                acc = res.clean_acc if value == 0 else res.attacks[0].robust_acc
+                sweep_rows.append({"eps": text, "eps_float": value, "attack": base.name, "norm": attack.norm,
+                                   "robust_acc": acc})
+    if not sweep_values:  # one point per measured ℓp attack of the first attack's norm, clean at ε = 0
+        lp_rows = [r for r in record["attacks"] if r["family"] in ("fgsm", "pgd", "cw")]
+        norm = lp_rows[0]["norm"] if lp_rows else "linf"
+        sweep_rows.append({"eps": "0", "eps_float": 0.0, "attack": "measured", "norm": norm,
                            "robust_acc": result.clean_acc})
-        for row in record["attacks"]:
-            if row["family"] not in ("clean", "aa") and row["norm"] == "linf":
+        for row in lp_rows:
+            if row["norm"] == norm:
                 sweep_rows.append({"eps": row["eps"], "eps_float": row["eps_float"], "attack": row["name"],
-                                   "norm": "linf", "robust_acc": row["robust_acc"]})
+                                   "norm": norm, "robust_acc": row["robust_acc"]})
+    measured = [a for a in attacks if a.family != "clean"]
+    first = next((a for a in measured if a.norm in ("linf", "l2")), measured[0] if measured else None)
     report = {
         "model": model.model_name, "checkpoint": str(path), "checkpoint_kind": ckpt.meta.get("kind"),
         "epoch": ckpt.meta.get("epoch", 0) + 1, "dataset": recipe.components["data"].name, "split": split,
         "threat_model": threat_model(attacks),
-        "eps": eps or (_fraction(attacks[0].eps) if attacks else None),
-        "eps_float": eps_value if eps_value is not None else (attacks[0].eps if attacks else None),
+        "training_threat_model": _trained_text(trained) if trained else None,
+        "eps": (first.eps_text or _fraction(first.eps)) if first else None,
+        "eps_float": first.eps if first else None,
+        "eps_source": first.eps_source if first else None,
         **record,
         "eps_sweep": sweep_rows if sweep_values else [],
         "total_time_s": time.perf_counter() - start, "device": str(dev), "seed": seed,
@@ -126,18 +173,22 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
     text = eval_markdown(report)
     ckpt_io.write_atomically(out_dir / "report.md", lambda tmp: tmp.write_text(text))
     plot_eps_sweep(out_dir / "robust_vs_eps.png", sweep_rows)
-    rows = [("clean", "no attack", f"{result.clean_acc:.2%}", "")]
-    rows += [(r["name"], r["description"], f"{r['robust_acc']:.2%}", f"{r['seconds']:.1f}s")
-             for r in record["attacks"] if r["name"] != "clean"]
-    if result.union_acc is not None and len(rows) > 2:
-        rows.append(("union", "correct under every attack", f"{result.union_acc:.2%}", ""))
-    rows += [(f"union of {group}", f"correct under every {group} attack", f"{acc:.2%}", "")
+    rows = [("clean", "no attack", f"{result.clean_acc:.1%}", "")]
+    for r in record["attacks"]:
+        if r["name"] == "clean":
+            continue
+        rows.append((r["name"], r["description"], f"{r['robust_acc']:.1%}", f"{r['seconds']:.1f}s"))
+        rows += [(f"  after {stage}", "" if i else "each stage attacks only the points still robust",
+                  f"{acc:.1%}", "") for i, (stage, acc) in enumerate((r.get("stage_acc") or {}).items())]
+    if result.union_acc is not None and len(record["robust_acc"]) > 1:
+        rows.append(("union", "correct under every attack", f"{result.union_acc:.1%}", ""))
+    rows += [(f"union of {group}", f"correct under every {group} attack", f"{acc:.1%}", "")
              for group, acc in result.group_union_acc.items()]
     console.print_table(f"{model.model_name} · {report['dataset']} {split} · n={result.n_examples}",
                         ["attack", "description", "accuracy", "time"], rows)
     if sweep_values:
         console.print_table("robust accuracy vs ε", ["ε", "accuracy"],
-                            [(r["eps"], f"{r['robust_acc']:.2%}") for r in sweep_rows])
+                            [(r["eps"], f"{r['robust_acc']:.1%}") for r in sweep_rows])
     for warning in report["warnings"]:
         console.warn(warning)
     console.info(f"wrote {out_dir}/report.json, report.md, robust_vs_eps.png")

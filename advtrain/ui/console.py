@@ -164,3 +164,36 @@ def _epoch_line(epoch: int, summary: dict[str, Any]) -> str:
         parts.append(f"val {key} {value:.3f}")
     parts.append(f"{summary.get('epoch_time', 0.0):.1f}s")
     return "  ".join(parts)
+
+
+class EvalProgress:
+    """Rich bars for ``advtrain eval``: one per attack, one per AutoAttack stage (points still robust).
+
+    Called as ``progress(label, done, total)`` (the evaluation's ``Progress`` callback); a context
+    manager that starts and stops the live display.
+    """
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console(),
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> EvalProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label not in self._tasks:
+            self._tasks[label] = self._progress.add_task(escape(label), total=total)
+        self._progress.update(self._tasks[label], completed=done, total=total)

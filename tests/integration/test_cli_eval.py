@@ -28,6 +28,17 @@ def test_eval_writes_report_files(cli, tiny_checkpoint, tmp_path):
     assert [r["eps"] for r in report["eps_sweep"]] == ["0", "4/255", "8/255"]
     assert len(report["per_class_clean_acc"]) == 4
     assert report["union_acc"] <= min(report["robust_acc"].values())
+    # per-example results: indices and packed bits per attack give back every accuracy and the union
+    from advtrain.eval.report import per_example
+
+    bits = {row["name"]: per_example(row) for row in report["attacks"]}
+    assert all(list(b) == list(range(16)) for b in bits.values())
+    for row in report["attacks"]:
+        assert sum(bits[row["name"]].values()) / 16 == pytest.approx(row["robust_acc"])
+    union = [all(bits[name][i] for name in ("fgsm", "pgd5", "cw5")) for i in range(16)]
+    assert sum(union) / 16 == pytest.approx(report["union_acc"])
+    markdown = (folder / "report.md").read_text()
+    assert "| clean | none | no attack |" in markdown and "{" not in markdown and "0.0 " not in markdown
 
 
 def test_eval_defaults_to_newest_run(cli, tiny_checkpoint, tmp_path):
@@ -83,3 +94,65 @@ def test_eval_perceptual_alexnet_without_weights_is_clear(cli, tiny_checkpoint, 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     code, out = cli("eval", tiny_checkpoint, "--attack", "ppgd2-alexnet", "--n-examples", "4")
     assert code == 2 and "alexnet-owt-7be5be79.pth" in out and "Traceback" not in out
+
+
+# --- the checkpoint's threat model by default (issue 12) -------------------------------------------
+
+@pytest.fixture
+def train_tiny(cli, tiny_recipe, tmp_path):
+    def train(*overrides: str):
+        code, out = cli("run", tiny_recipe, "schedule.epochs=1", "train.max_steps_per_epoch=2", *overrides)
+        assert code == 0, out
+        return tmp_path / "runs/tiny/best.safetensors"
+    return train
+
+
+@pytest.mark.parametrize("overrides,attack,norm,eps,source,at_training", [
+    (("attack.eps=0.1",), "pgd2", "linf", 0.1, "checkpoint: training attack (pgd)", True),
+    (("attack.norm=l2", "attack.eps=0.3", "attack.alpha=0.1"), "pgd2", "l2", 0.3,
+     "checkpoint: training attack (pgd)", True),
+    (("attack.eps=0.1", "eval.eps=0.05"), "pgd2", "linf", 0.05, "checkpoint: recipe eval.eps", False),
+    (("objective=perceptual", "attack=fast_lpa", "attack.bound=0.3", "attack.steps=2"), "ppgd2", "lpips", 0.3,
+     "checkpoint: training attack (fast_lpa)", True),
+], ids=["linf", "l2", "eval-eps", "perceptual"])
+def test_eval_defaults_to_the_checkpoints_threat_model(cli, train_tiny, tmp_path, overrides, attack, norm, eps,
+                                                        source, at_training):
+    checkpoint = train_tiny(*overrides)
+    code, out = cli("eval", checkpoint, "--attack", attack, "--n-examples", "8")
+    assert code == 0, out
+    report = json.loads((tmp_path / "runs/tiny/eval/report.json").read_text())
+    row = report["attacks"][0]
+    assert (row["norm"], row["eps_source"], row["at_training_eps"]) == (norm, source, at_training)
+    assert row["eps_float"] == pytest.approx(eps)
+    assert f"from {source}" in out and "trained against:" in out
+    markdown = (tmp_path / "runs/tiny/eval/report.md").read_text()
+    assert f"({source}" in markdown
+
+
+def test_eval_at_another_eps_is_labelled(cli, train_tiny, tmp_path):
+    checkpoint = train_tiny("attack.eps=0.1")
+    code, out = cli("eval", checkpoint, "--attack", "pgd2,pgd2-l2,fgsm@0.2", "--eps", "0.05", "--n-examples", "8")
+    assert code == 0, out
+    rows = {r["name"]: r for r in json.loads((tmp_path / "runs/tiny/eval/report.json").read_text())["attacks"]}
+    assert (rows["pgd2"]["eps"], rows["pgd2"]["eps_source"], rows["pgd2"]["at_training_eps"]) == \
+        ("0.05", "--eps", False)
+    assert rows["pgd2"]["alpha"] == pytest.approx(2.5 * 0.05 / 2)  # the step rule at the new ε
+    assert (rows["pgd2-l2"]["norm"], rows["pgd2-l2"]["eps_source"]) == ("l2", "--eps")
+    assert (rows["fgsm@0.2"]["eps_float"], rows["fgsm@0.2"]["eps_source"]) == (0.2, "@ suffix")
+    assert "NOT the training ε" in out
+    assert "NOT the training ε" in (tmp_path / "runs/tiny/eval/report.md").read_text()
+
+
+def test_eval_reduced_autoattack_reports_stages(cli, train_tiny, tmp_path):
+    checkpoint = train_tiny()
+    code, out = cli("eval", checkpoint, "--attack", "aa", "--steps", "2", "--n-examples", "8")
+    assert code == 0, out
+    report = json.loads((tmp_path / "runs/tiny/eval/report.json").read_text())
+    row = report["attacks"][0]
+    assert row["standard"] is False and row["steps"] == 2 and "NON-STANDARD" in row["description"]
+    stages = list(row["stage_acc"].values())
+    assert list(row["stage_acc"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert stages == sorted(stages, reverse=True) and stages[-1] == row["robust_acc"] <= report["clean_acc"]
+    markdown = (tmp_path / "runs/tiny/eval/report.md").read_text()
+    assert "## AutoAttack, accuracy after each stage" in markdown and "(non-standard)" in markdown
+    assert "after apgd-t" in out

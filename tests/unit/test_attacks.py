@@ -368,7 +368,7 @@ def test_registry_entries():
 def test_preset_grammar():
     a = resolve_eval_attack("pgd50x10-l2")
     assert (a.family, a.norm, a.steps, a.restarts) == ("pgd", "l2", 50, 10)
-    assert a.eps == 0.5 and a.alpha == pytest.approx(0.025)
+    assert a.eps == 0.5 and a.alpha == pytest.approx(0.125)  # max(ε/4, 2.5·ε/steps)
     b = resolve_eval_attack("pgd20")
     assert (b.family, b.norm, b.eps, b.alpha, b.steps, b.restarts) == ("pgd", "linf", 8 / 255, 2 / 255, 20, 1)
     c = resolve_eval_attack("cw50")
@@ -380,7 +380,7 @@ def test_preset_grammar():
     assert (f.family, f.norm, f.eps, f.alpha, f.steps) == ("fgsm", "linf", 8 / 255, 8 / 255, 1)
     assert resolve_eval_attack("clean").family == "clean"
     assert resolve_eval_attack(" PGD20 ").name == "pgd20"
-    assert "PGD-50×10 ℓ2 ε=0.5 α=0.025" in a.describe()
+    assert "PGD-50×10 ℓ2 ε=0.5 α=0.125 (α = max(ε/4, 2.5·ε/steps))" in a.describe()
     assert "8/255" in b.describe() and "CW" in c.describe()
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.eps = 1.0  # type: ignore[misc]
@@ -388,17 +388,19 @@ def test_preset_grammar():
 
 def test_preset_overrides():
     a = resolve_eval_attack("pgd20", eps=4 / 255)
-    assert (a.eps, a.alpha) == (4 / 255, 2 / 255)  # ℓ∞ keeps its step
+    assert (a.eps, a.alpha) == (4 / 255, pytest.approx(1 / 255))  # the step follows ε (ε/4)
     b = resolve_eval_attack("pgd20-l2", eps=1.0)
-    assert b.alpha == pytest.approx(2.5 * 1.0 / 20)  # ℓ2 step follows ε
+    assert b.alpha == pytest.approx(1.0 / 4)
     c = resolve_eval_attack("pgd50-l2", steps=100, restarts=3)
-    assert (c.steps, c.restarts, c.alpha) == (100, 3, pytest.approx(2.5 * 0.5 / 100))
+    assert (c.steps, c.restarts, c.alpha) == (100, 3, pytest.approx(0.5 / 4))
     d = resolve_eval_attack("pgd50-l2", eps=1.0, alpha=0.3)
     assert d.alpha == 0.3
     e = resolve_eval_attack("pgd50", norm="l2")
-    assert (e.norm, e.eps, e.alpha) == ("l2", 0.5, pytest.approx(0.025))
-    f = resolve_eval_attack("aa", eps=4 / 255, steps=7, alpha=0.1)  # parameter-free: ignored
-    assert (f.eps, f.steps, f.alpha, f.restarts) == (4 / 255, None, None, None)
+    assert (e.norm, e.eps, e.alpha) == ("l2", 0.5, pytest.approx(0.125))
+    f = resolve_eval_attack("aa", eps=4 / 255, steps=7, alpha=0.1)  # α ignored; steps: a non-standard budget
+    assert (f.eps, f.steps, f.alpha, f.restarts, f.standard) == (4 / 255, 7, None, None, False)
+    assert "NON-STANDARD" in f.describe() and "350 queries" in f.describe()
+    assert resolve_eval_attack("aa").standard and resolve_eval_attack("aa10-l2").steps == 10
     g = resolve_eval_attack("fgsm", eps=4 / 255, steps=5)
     assert (g.eps, g.alpha, g.steps) == (4 / 255, 4 / 255, 1)
     assert resolve_eval_attack("clean", eps=0.1).eps == 0.0
@@ -446,7 +448,7 @@ def test_every_preset_stays_in_ball(name):
     model, (x, _) = tiny_model(), batch(4)
     with torch.no_grad():
         y = model.eval()(x).argmax(1)  # clean-correct, so every attack has something to fool
-    attack = resolve_eval_attack(name, steps=None if name.startswith(("aa", "fgsm", "clean")) else 5)
+    attack = resolve_eval_attack(name, steps=None if name.startswith(("fgsm", "clean")) else 5)
     if name.startswith("pgd50x10"):
         attack = resolve_eval_attack(name, steps=3, restarts=3)
     model.train()
@@ -462,17 +464,20 @@ def test_every_preset_stays_in_ball(name):
 # --- AutoAttack ----------------------------------------------------------------------------------
 
 def test_autoattack_uses_official_standard_settings():
-    from advtrain.attacks.autoattack import _standard_ensemble
+    from advtrain.attacks.autoattack import STAGES, _stage_attacks
 
     model = tiny_model()
     for n_classes, targets in ((100, 9), (10, 9), (5, 4)):
-        ensemble = _standard_ensemble(torchattacks, model, "Linf", 8 / 255, 0, n_classes)
-        apgd, apgdt, fab, square = ensemble.attacks
+        stages = _stage_attacks(torchattacks, model, "Linf", 8 / 255, 0, n_classes)
+        assert tuple(stages) == STAGES == ("apgd-ce", "apgd-t", "fab-t", "square")
+        apgd, apgdt, fab, square = stages.values()
         assert (apgd.steps, apgd.n_restarts, apgd.loss) == (100, 1, "ce")
         assert (apgdt.steps, apgdt.n_target_classes) == (100, targets)
         assert (fab.steps, fab.multi_targeted, fab.n_target_classes) == (100, True, targets)
         assert (square.n_queries, square.p_init, square.rescale_schedule) == (5000, 0.8, False)
-        assert all(a.normalization_used is None for a in ensemble.attacks)
+        assert all(a.normalization_used is None for a in stages.values())
+    quick = _stage_attacks(torchattacks, model, "Linf", 8 / 255, 0, 10, iterations=5, queries=250)
+    assert (quick["apgd-ce"].steps, quick["fab-t"].steps, quick["square"].n_queries) == (5, 5, 250)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
