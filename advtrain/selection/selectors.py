@@ -11,6 +11,10 @@ A batch-wise solver chooses ceil(k_group / batch_size) batches, and every member
 is selected, so a batch-wise coreset holds whole batches: at least k_group samples per group and
 less than one extra batch more (up to a short batch more when the short batch is among the picks).
 A solver that stops short (OMP) is topped up with random unpicked candidates (:func:`_fill`).
+GradMatch's fast solver with ``surplus: match`` (the default) does not stop short once its match is
+exact: it fills the budget itself with uniform draws at weight n/k and re-matches the rest of the
+target (see :mod:`advtrain.selection.solvers`), so the fill is what the exact solver, or
+``surplus: fill``, falls back to.
 
 Weights are on one scale everywhere: about the number of training samples each selected sample
 stands for, so Σγ ≈ n and the weighted loss Σγℓ/Σγ of a mixed mini-batch weighs samples
