@@ -14,7 +14,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_jpeg_q75.npz"
+# The checkout sits next to shared/ (/work/main) or one level deeper (a worktree under /work/wt/).
+SHARED_CIFAR = next((p / "shared" / "data" / "cifar10" / "cifar10_jpeg_q75.npz" for p in ROOT.parents[:2]
+                     if (p / "shared" / "data" / "cifar10" / "cifar10_jpeg_q75.npz").exists()),
+                    ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_jpeg_q75.npz")
 LOCAL = ROOT / "local"
 
 

@@ -11,6 +11,10 @@ A batch-wise solver chooses ceil(k_group / batch_size) batches, and every member
 is selected, so a batch-wise coreset holds whole batches: at least k_group samples per group and
 less than one extra batch more (up to a short batch more when the short batch is among the picks).
 A solver that stops short (OMP) is topped up with random unpicked candidates (:func:`_fill`).
+GradMatch's fast solver with ``surplus: match`` (the default) does not stop short once its match is
+exact: it fills the budget itself with uniform draws at weight n/k and re-matches the rest of the
+target (see :mod:`advtrain.selection.solvers`), so the fill is what the exact solver, or
+``surplus: fill``, falls back to.
 
 Weights are on one scale everywhere: about the number of training samples each selected sample
 stands for, so Σγ ≈ n and the weighted loss Σγℓ/Σγ of a mixed mini-batch weighs samples
@@ -35,7 +39,13 @@ from torch import Tensor
 
 from advtrain.config.params import param
 from advtrain.registry import Registry
-from advtrain.selection.solvers import facility_location, full_subset, orthogonal_matching_pursuit, random_subset
+from advtrain.selection.solvers import (
+    batch_omp,
+    facility_location,
+    full_subset,
+    orthogonal_matching_pursuit,
+    random_subset,
+)
 
 SELECTORS = Registry("selector")
 
@@ -87,6 +97,10 @@ class CraigParams(RandomParams):
     features: str = param("weights", choices=("weights", "bias"),
                           help="last-layer gradient: bias and weights, or the bias part only")
     chunk_size: int = param(4096, gt=0, le=10**7, help="rows per distance block (memory bound)")
+    greedy: str = param("lazy", choices=("lazy", "stochastic"),
+                        help="lazy: the exact greedy sequence; stochastic: best of a random sample per step, "
+                             "E[F] >= (1-1/e-epsilon)·OPT, O(n² ln(1/epsilon)) work at any budget")
+    epsilon: float = param(0.01, gt=0, lt=1, help="stochastic greedy's ε (sample (n/k)·ln(1/ε) per step)")
 
 
 @dataclass
@@ -96,6 +110,13 @@ class GradMatchParams(RandomParams):
     features: str = param("weights", choices=("weights", "bias"),
                           help="last-layer gradient: bias and weights, or the bias part only")
     lam: float = param(0.0, ge=0, le=1e6, help="ridge regularisation of the OMP weights")
+    solver: str = param("fast", choices=("fast", "exact"),
+                        help="fast: batch OMP with Lawson–Hanson refits (scales to 50k candidates, any budget); "
+                             "exact: one atom per round (the reference; its memory grows as budget²)")
+    surplus: str = param("match", choices=("match", "fill"),
+                         help="slots left once the match is exact (budget beyond the feature dimension): "
+                              "match = uniform picks at weight n/k and OMP re-matches the rest; "
+                              "fill = random fill at the picks' mean weight (solver=exact always fills)")
 
 
 def class_budgets(counts: list[int], budget: int) -> list[int]:
@@ -256,7 +277,9 @@ def select_craig(params: CraigParams, features: Tensor, labels: Tensor, *, gener
     def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         # Batches count by their size, so a pick's weight is the number of samples it represents.
         mult = c.sizes if c.batch_size > 1 else None
-        return facility_location(c.features, k, chunk_size=params.chunk_size, sample_weight=mult)
+        eps = params.epsilon if params.greedy == "stochastic" else None
+        return facility_location(c.features, k, chunk_size=params.chunk_size, sample_weight=mult,
+                                 stochastic_eps=eps, generator=gen)
 
     return select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)
 
@@ -267,7 +290,11 @@ def select_gradmatch(params: GradMatchParams, features: Tensor, labels: Tensor, 
     """Adversarial GradMatch: OMP on last-layer gradient features."""
 
     def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx, w = orthogonal_matching_pursuit(c.features, k, lam=params.lam, target=c.target)
+        if params.solver == "exact":
+            idx, w = orthogonal_matching_pursuit(c.features, k, lam=params.lam, target=c.target)
+        else:
+            idx, w = batch_omp(c.features, k, lam=params.lam, target=c.target, generator=gen,
+                               surplus="match" if params.surplus == "match" else "none")
         return idx, w.double() * c.batch_size  # coefficient on the target's scale → samples
 
     return select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)

@@ -232,3 +232,35 @@ def test_selection_is_deterministic_for_a_seed(name, granularity):
 def test_feature_rows_must_match_labels():
     with pytest.raises(ValueError, match="feature rows"):
         _run("craig", CraigParams(), torch.zeros(5, 2), torch.zeros(6, dtype=torch.long))
+
+
+def _relative_mismatch(sel, feats: torch.Tensor) -> float:
+    target = feats.double().sum(0)
+    approx = sel.weights.double() @ feats[sel.indices].double()
+    return float((approx - target).norm() / target.norm())
+
+
+def test_gradmatch_budget_beyond_the_dimension_keeps_the_match_with_surplus_match():
+    # k = 20 samples > D = 3: OMP matches exactly with ≤ 3 atoms. surplus=match draws the other
+    # samples at weight n/k and re-matches; surplus=fill (and the exact solver) top up at random
+    # and rescale, which loses the match.
+    feats = torch.randn(40, 3, generator=_gen(12)) + 0.5
+    labels = torch.zeros(40, dtype=torch.long)
+    match = _run("gradmatch", GradMatchParams(fraction=0.5, granularity="sample"), feats, labels)
+    fill = _run("gradmatch", GradMatchParams(fraction=0.5, granularity="sample", surplus="fill"), feats, labels)
+    exact = _run("gradmatch", GradMatchParams(fraction=0.5, granularity="sample", solver="exact"), feats, labels)
+    assert len(match.indices) == len(fill.indices) == len(exact.indices) == 20
+    assert _relative_mismatch(match, feats) < 1e-5
+    assert _relative_mismatch(fill, feats) > 1e-3 and _relative_mismatch(exact, feats) > 1e-3
+    assert float(match.weights.sum()) == pytest.approx(40, rel=0.2) and (match.weights > 0).all()
+
+
+def test_craig_stochastic_greedy_is_reproducible_and_weights_sum_to_n():
+    feats = torch.randn(60, 4, generator=_gen(13))
+    labels = torch.arange(60) % 2
+    params = CraigParams(fraction=0.25, granularity="sample", per_class=True, greedy="stochastic", epsilon=0.1)
+    a, b = (_run("craig", params, feats, labels, seed=3) for _ in range(2))
+    assert torch.equal(a.indices, b.indices) and len(a.indices) == 15
+    assert float(a.weights.sum()) == 60
+    lazy = _run("craig", CraigParams(fraction=0.25, granularity="sample", per_class=True), feats, labels, seed=3)
+    assert len(lazy.indices) == 15 and not torch.equal(lazy.indices, a.indices)

@@ -9,8 +9,10 @@ import pytest
 import torch
 from scipy.optimize import nnls
 
+from advtrain.errors import UserError
 from advtrain.selection import solvers
 from advtrain.selection.solvers import (
+    batch_omp,
     facility_location,
     full_subset,
     orthogonal_matching_pursuit,
@@ -210,3 +212,145 @@ def test_omp_default_target_is_the_gradient_sum():
     idx, w = orthogonal_matching_pursuit(g, 20)
     approx = (w[:, None] * g[idx]).sum(0)
     assert torch.allclose(approx, g.sum(0), atol=1e-6)
+
+
+# --- fast paths against the exact references --------------------------------------------------
+
+
+def _matching_error(g: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, target: torch.Tensor) -> float:
+    approx = w.double() @ g[idx].double()
+    return float((approx - target.double()).norm() / target.double().norm())
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("shape", [(300, 40, 25), (400, 60, 50)])
+def test_batch_omp_matches_within_one_percent_of_exact_omp(seed, shape):
+    n, d, k = shape
+    gen = torch.Generator().manual_seed(200 + seed)
+    g = torch.randn(n, d, generator=gen) + 0.2
+    target = g.sum(0, dtype=torch.float64)
+    exact = orthogonal_matching_pursuit(g, k, target=target)
+    fast = batch_omp(g, k, target=target, rounds=8, surplus="none")
+    assert len(fast[0]) <= k and (fast[1] > 0).all() and len(set(fast[0].tolist())) == len(fast[0])
+    assert _matching_error(g, *fast, target) <= _matching_error(g, *exact, target) + 0.01
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batch_omp_weights_are_nnls_on_their_support(seed):
+    gen = torch.Generator().manual_seed(300 + seed)
+    g = torch.randn(120, 30, generator=gen, dtype=torch.float64)
+    target = torch.randn(30, generator=gen, dtype=torch.float64) + g.sum(0) / 10
+    idx, w = batch_omp(g, 20, target=target, rounds=4, surplus="none")
+    solution, _ = nnls(g[idx].numpy().T, target.numpy())
+    assert w.numpy() == pytest.approx(solution, abs=1e-8)
+    assert (solution > 0).all()  # every kept atom is active in the NNLS optimum of its support
+
+
+def test_batch_omp_one_atom_per_round_is_exact_omp_on_an_exact_target():
+    gen = torch.Generator().manual_seed(7)
+    g = torch.randn(15, 40, generator=gen, dtype=torch.float64)
+    support = torch.tensor([2, 9, 11])
+    target = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64) @ g[support]
+    idx, w = batch_omp(g, 8, target=target, rounds=8, surplus="none")  # ⌈8/8⌉ = 1 atom per round
+    ref_idx, ref_w = orthogonal_matching_pursuit(g, 8, target=target)
+    assert idx.tolist() == ref_idx.tolist() and sorted(idx.tolist()) == [2, 9, 11]
+    assert w.numpy() == pytest.approx(ref_w.numpy(), abs=1e-9)
+
+
+def test_batch_omp_ridge_weights_solve_the_regularised_normal_equations():
+    gen = torch.Generator().manual_seed(5)
+    g = torch.rand(40, 20, generator=gen, dtype=torch.float64)
+    idx, w = batch_omp(g, 6, lam=3.0, surplus="none")
+    a = g[idx].numpy()
+    expected = np.linalg.solve(a @ a.T + 3.0 * np.eye(len(idx)), a @ g.sum(0).numpy())
+    assert w.numpy() == pytest.approx(expected, abs=1e-9)
+
+
+def test_budget_beyond_the_dimension_is_matched_exactly_with_uniform_surplus():
+    # D = 12 < k = 60: OMP needs at most 12 atoms for an exact match; with surplus="match" the other
+    # slots are uniform draws at weight n/k and OMP matches what they leave of the target.
+    gen = torch.Generator().manual_seed(11)
+    g = torch.randn(200, 12, generator=gen) + 0.5
+    target = g.sum(0, dtype=torch.float64)
+    idx, w = batch_omp(g, 60, target=target, generator=torch.Generator().manual_seed(0))
+    assert len(idx) == 60 and len(set(idx.tolist())) == 60 and (w > 0).all()
+    assert _matching_error(g, idx, w, target) < 1e-5
+    assert int((w == 200 / 60).sum()) >= 60 - 12
+    alone, w_alone = batch_omp(g, 60, target=target, surplus="none")
+    assert len(alone) <= 12 and _matching_error(g, alone, w_alone, target) < 1e-5
+    again = batch_omp(g, 60, target=target, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(idx, again[0]) and torch.equal(w, again[1])
+
+
+def test_batch_omp_rejects_an_unknown_surplus_rule():
+    with pytest.raises(ValueError, match="surplus"):
+        batch_omp(torch.randn(5, 3), 2, surplus="random")
+
+
+def test_memory_is_checked_before_anything_is_copied():
+    # Meta tensors have no storage: a solver that copied or reduced them first would fail differently.
+    feats = torch.empty(50_000, 5_130, device="meta")
+    with pytest.raises(UserError, match="selector.solver=fast"):
+        orthogonal_matching_pursuit(feats, 25_000)
+    with pytest.raises(UserError, match="selector.lam=0"):
+        batch_omp(feats, 25_000, lam=0.5)
+
+
+def test_factor_row_deletion_equals_refactorising():
+    gen = torch.Generator().manual_seed(9)
+    a = torch.randn(7, 10, generator=gen, dtype=torch.float64)
+    gram = a @ a.T
+    low = solvers._lower(7, torch.device("cpu"))
+    low[:] = torch.linalg.cholesky(gram)
+    for q in (0, 3, 6):
+        keep = [i for i in range(7) if i != q]
+        expected = torch.linalg.cholesky(gram[keep][:, keep])
+        assert torch.allclose(solvers._delete_factor_row(low, q), expected, atol=1e-12)
+
+
+def test_exact_omp_may_bring_back_an_atom_pruned_after_others_joined(monkeypatch):
+    # Banning every pruned atom forever made large budgets 1.9× worse; only an atom pruned right
+    # after its own addition is banned. Here an atom pruned later is picked again and kept.
+    pruned, added = [], []
+    remove, add = solvers._IncrementalRidge.remove, solvers._IncrementalRidge.add
+    monkeypatch.setattr(solvers._IncrementalRidge, "remove",
+                        lambda self, pos: (pruned.append(self.atoms[pos]), remove(self, pos))[1])
+    monkeypatch.setattr(solvers._IncrementalRidge, "add",
+                        lambda self, j, row: (added.append(j), add(self, j, row))[1])
+    gen = torch.Generator().manual_seed(36)  # found by search: atom 7 is pruned, then picked again
+    g = torch.randn(30, 8, generator=gen, dtype=torch.float64)
+    idx, w = orthogonal_matching_pursuit(g, 8, target=torch.randn(8, generator=gen, dtype=torch.float64))
+    back = [j for j in set(pruned) if added.count(j) > 1]
+    assert back == [7] and 7 in idx.tolist() and (w > 0).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_float32_lazy_greedy_has_the_float64_objective(seed):
+    gen = torch.Generator().manual_seed(400 + seed)
+    x = torch.randn(80, 16, generator=gen, dtype=torch.float64)
+    fast, _ = facility_location(x.float(), 12, lazy_batch=3)
+    exact, _ = facility_location(x, 12)
+    assert _objective(x, fast.tolist()) == pytest.approx(_objective(x, exact.tolist()), rel=1e-9)
+
+
+def test_lazy_batch_does_not_change_the_greedy_sequence():
+    x = torch.randn(90, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    runs = [facility_location(x, 20, lazy_batch=b) for b in (1, 8, 1000)]
+    assert all(torch.equal(runs[0][0], r[0]) and torch.equal(runs[0][1], r[1]) for r in runs[1:])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_stochastic_greedy_reaches_its_guarantee_and_is_reproducible(seed):
+    x = torch.randn(10, 2, generator=torch.Generator().manual_seed(10 + seed))
+    best = max(_objective(x, list(s)) for s in itertools.combinations(range(10), 3))
+    values = []
+    for r in range(5):
+        idx, w = facility_location(x, 3, stochastic_eps=0.1, generator=torch.Generator().manual_seed(r))
+        assert len(set(idx.tolist())) == 3 and float(w.sum()) == 10
+        values.append(_objective(x, idx.tolist()))
+    assert sum(values) / len(values) >= (1 - 1 / torch.e - 0.1) * best - 1e-9
+    again, _ = facility_location(x, 3, stochastic_eps=0.1, generator=torch.Generator().manual_seed(0))
+    assert again.tolist() == facility_location(x, 3, stochastic_eps=0.1,
+                                               generator=torch.Generator().manual_seed(0))[0].tolist()
+    with pytest.raises(ValueError, match="stochastic_eps"):
+        facility_location(x, 3, stochastic_eps=1.5)
