@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -87,6 +88,9 @@ class CraigParams(RandomParams):
     features: str = param("weights", choices=("weights", "bias"),
                           help="last-layer gradient: bias and weights, or the bias part only")
     chunk_size: int = param(4096, gt=0, help="rows per distance block (memory bound)")
+    attack: dict[str, Any] | None = param(
+        None, help="attack for the selection features only, e.g. {name: pgd, steps: 2} (null: the training "
+                   "attack, as in the paper); unset keys come from the training attack")
 
 
 @dataclass
@@ -96,6 +100,9 @@ class GradMatchParams(RandomParams):
     features: str = param("weights", choices=("weights", "bias"),
                           help="last-layer gradient: bias and weights, or the bias part only")
     lam: float = param(0.0, ge=0, help="ridge regularisation of the OMP weights")
+    attack: dict[str, Any] | None = param(
+        None, help="attack for the selection features only, e.g. {name: pgd, steps: 2} (null: the training "
+                   "attack, as in the paper); unset keys come from the training attack")
 
 
 def class_budgets(counts: list[int], budget: int) -> list[int]:
