@@ -212,14 +212,32 @@ def pick_attack(runs: Sequence[RunRecord], wanted: str | None) -> str | None:
     return min(sorted(common), key=lambda a: statistics.fmean(r.robust_acc[a] for r in runs))
 
 
-def group_label(key: tuple, varying: list[str]) -> str:
+def group_label(key: tuple, varying: list[str], selection_attack: str) -> str:
+    """``gradmatch f=0.3``, plus the selection attack when not the training one and whatever else varies."""
     flat = dict(key)
-    selector = flat.get("selector.name", "'?'").strip("'")
+    selector = str(flat.get("selector.name", "'?'")).strip("'")
     parts = [selector]
     if selector != "full":
         parts.append(f"f={flat.get('selector.fraction', '?')}")
-    parts += [f"{k}={flat[k]}" for k in varying if k in flat and k not in ("selector.name", "selector.fraction")]
+    if selection_attack != "training attack":
+        parts.append(f"select:{selection_attack}")
+    parts += [f"{k}={flat[k]}" for k in varying if k in flat]
     return " ".join(parts)
+
+
+def varying_keys(keys: Sequence[tuple]) -> dict[str, list[str]]:
+    """Per selector, the recipe keys whose values differ between its configurations (selector
+    fraction and selection attack left out: the label names those itself)."""
+    by_selector: dict[str, list[dict[str, Any]]] = {}
+    for key in keys:
+        flat = dict(key)
+        by_selector.setdefault(str(flat.get("selector.name")), []).append(flat)
+    out = {}
+    for name, flats in by_selector.items():
+        all_keys = sorted({k for f in flats for k in f})
+        out[name] = [k for k in all_keys if len({f.get(k) for f in flats}) > 1
+                     and k != "selector.fraction" and not k.startswith("selector.attack")]
+    return out
 
 
 def compare_runs(runs: Sequence[RunRecord], attack: str | None = None) -> dict[str, Any]:
@@ -238,8 +256,7 @@ def compare_runs(runs: Sequence[RunRecord], attack: str | None = None) -> dict[s
             dup = sorted({s for s in seeds if seeds.count(s) > 1})
             raise UserError(f"runs {', '.join(r.path for r in members if r.seed in dup)} have the same "
                             f"configuration and seed {dup[0]}: give each configuration's seeds once.")
-    all_keys = sorted({k for key in groups for k, _ in key})
-    varying = [k for k in all_keys if len({dict(key).get(k) for key in groups}) > 1]
+    varying = varying_keys(list(groups))
     full = {}
     for members in groups.values():
         if members[0].selector == "full":
@@ -252,12 +269,13 @@ def compare_runs(runs: Sequence[RunRecord], attack: str | None = None) -> dict[s
         ref_loop = statistics.fmean(r.loop_s for r in ref) if ref else None
         ref_wall = statistics.fmean(r.wall_s for r in ref) if ref else None
         ref_robust = statistics.fmean(r.robust_acc[metric] for r in ref) if ref and metric else None
+        own = varying[str(dict(key).get("selector.name"))]
         row: dict[str, Any] = {
-            "label": group_label(key, varying), "selector": first.selector, "fraction": first.fraction,
-            "epochs": first.epochs, "warm_start": first.warm_start,
+            "label": group_label(key, own, _selection_attack_label(first.recipe)), "selector": first.selector,
+            "fraction": first.fraction, "epochs": first.epochs, "warm_start": first.warm_start,
             "selection_attack": _selection_attack_label(first.recipe),
             "seeds": [r.seed for r in members], "n": len(members), "runs": [r.path for r in members],
-            "config": {k: dict(key)[k] for k in varying if k in dict(key)},
+            "config": {k: dict(key)[k] for k in own if k in dict(key)},
             "ideal_speedup": ideal_speedup(first.epochs, first.warm_start, first.fraction, first.skip_epochs),
         }
         for name, values in (("loop_s", [r.loop_s for r in members]), ("wall_s", [r.wall_s for r in members]),
@@ -280,7 +298,7 @@ def compare_runs(runs: Sequence[RunRecord], attack: str | None = None) -> dict[s
                                  for a in sorted({a for r in members for a in r.robust_acc})}
         rows.append(row)
     rows.sort(key=lambda r: (r["selector"] != "full", r["selector"], -r["fraction"], r["label"]))
-    return {"attack": metric, "n_runs": len(runs), "rows": rows, "paired": _paired(rows, varying),
+    return {"attack": metric, "n_runs": len(runs), "rows": rows, "paired": _paired(rows),
             "reference": "full-data runs of the same number of epochs" if full else None}
 
 
@@ -297,7 +315,7 @@ def _stat(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "std": std, "n": n}
 
 
-def _paired(rows: list[dict[str, Any]], varying: list[str]) -> list[dict[str, Any]]:
+def _paired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Coreset − random robust accuracy, paired by seed, for rows of the same fraction and schedule."""
     out = []
     randoms = [r for r in rows if r["selector"] == "random" and "robust_by_seed" in r]
