@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from advtrain.config.params import FractionError, parse_number
 from advtrain.errors import UserError
 from advtrain.train.report import epoch_seconds, loop_seconds
 
@@ -61,15 +62,26 @@ class RunRecord:
 
 # ----------------------------------------------------------------------------------- pure math
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists kept as tuples so they hash)."""
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become tuples (hashable) and numbers written as
+    text (``8/255``) become floats, so ``8/255`` and ``0.0313…`` compare equal."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten(value, path + "."))
+        elif isinstance(value, list):
+            out[path] = tuple(value)
         else:
-            out[path] = tuple(value) if isinstance(value, list) else value
+            out[path] = _number(value)
     return out
+
+
+def _number(value: Any) -> Any:
+    try:
+        number = parse_number(value)
+    except FractionError:
+        return value
+    return round(number, 12) if isinstance(number, float) else number
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:
@@ -298,7 +310,20 @@ def compare_runs(runs: Sequence[RunRecord], attack: str | None = None) -> dict[s
                                  for a in sorted({a for r in members for a in r.robust_acc})}
         rows.append(row)
     rows.sort(key=lambda r: (r["selector"] != "full", r["selector"], -r["fraction"], r["label"]))
-    return {"attack": metric, "n_runs": len(runs), "rows": rows, "paired": _paired(rows),
+    per_run = []
+    for run in runs:
+        ref = full.get(run.epochs, [])
+        ref_loop = statistics.fmean(r.loop_s for r in ref) if ref else None
+        ref_wall = statistics.fmean(r.wall_s for r in ref) if ref else None
+        per_run.append({
+            "path": run.path, "selector": run.selector, "fraction": run.fraction, "warm_start": run.warm_start,
+            "seed": run.seed, "selection_attack": _selection_attack_label(run.recipe), "loop_s": run.loop_s,
+            "selection_s": run.selection_s, "wall_s": run.wall_s,
+            "speedup": ref_loop / run.loop_s if ref_loop and run.loop_s else None,
+            "wall_speedup": ref_wall / run.wall_s if ref_wall and run.wall_s else None,
+            "clean_acc": run.clean_acc, "robust_acc": run.robust_acc.get(metric) if metric else None,
+            "all_robust_acc": run.robust_acc, "n_examples": run.n_examples})
+    return {"attack": metric, "n_runs": len(runs), "rows": rows, "runs": per_run, "paired": _paired(rows),
             "reference": "full-data runs of the same number of epochs" if full else None}
 
 
@@ -359,6 +384,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_pm(r['selection_share'], 100)}% | {_pm(r.get('speedup'), 1, '.2f')} | {r['ideal_speedup']:.2f} | "
             f"{_pm(r.get('wall_speedup'), 1, '.2f')} | {_pm(r['clean_acc'], 100)} | "
             f"{_pm(r.get('robust_acc'), 100)} | {_pm(r.get('relative_robust_error'), 100)} |")
+    lines += ["", "## Runs", "", "| run | selector | fraction | warm start | seed | selection attack | loop s | "
+              "wall s | speed-up (loop / wall) | clean % | robust % |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        speed = f"{r['speedup']:.2f} / {r['wall_speedup']:.2f}" if r["speedup"] and r["wall_speedup"] else "–"
+        clean = "–" if r["clean_acc"] is None else f"{100 * r['clean_acc']:.1f}"
+        robust = "–" if r["robust_acc"] is None else f"{100 * r['robust_acc']:.1f}"
+        lines.append(f"| {r['path']} | {r['selector']} | {r['fraction']:g} | {r['warm_start']} | {r['seed']} | "
+                     f"{r['selection_attack']} | {r['loop_s']:.1f} | {r['wall_s']:.1f} | {speed} | {clean} | "
+                     f"{robust} |")
     if result["paired"]:
         lines += ["", f"## Paired differences in {metric} robust accuracy (same seeds), coreset − random", "",
                   "| method | fraction | difference (pp) | standard error (pp) | pairs |", "|---|---|---|---|---|"]

@@ -21,7 +21,7 @@ from advtrain.errors import UserError
 from advtrain.train.report import epoch_seconds, loop_seconds, speedup_estimate
 
 
-def _recipe(selector: str, fraction: float, seed: int, *, data: str = "digits", eps: float = 0.2,
+def _recipe(selector: str, fraction: float, seed: int, *, data: str = "digits", eps: float | str = 0.2,
             warm: int = 1, epochs: int = 4) -> dict:
     sel = {"name": selector} if selector == "full" else {"name": selector, "fraction": fraction}
     return {"name": "x", "seed": seed, "device": "cpu", "data": {"name": data, "batch_size": 64},
@@ -124,6 +124,12 @@ def test_runs_of_other_datasets_or_threat_models_are_refused_naming_the_keys(tmp
     assert "'digits'" in str(err.value) and "'cifar10'" in str(err.value)
 
 
+def test_fractions_written_as_text_equal_their_value(tmp_path):
+    a = make_run(tmp_path / "a", "full", 1.0, 0, 0.5, eps="8/255")
+    b = make_run(tmp_path / "b", "random", 0.5, 0, 0.4, eps=8 / 255)
+    assert len(compare_runs([load_run(a), load_run(b)])["rows"]) == 2
+
+
 def test_same_configuration_and_seed_twice_is_refused(tmp_path):
     a = make_run(tmp_path / "a", "random", 0.5, 0, 0.5)
     b = make_run(tmp_path / "b", "random", 0.5, 0, 0.4)
@@ -152,4 +158,6 @@ def test_run_compare_writes_tables_json_and_plot(tmp_path):
     assert len(data["rows"]) == 5 and len(data["paired"]) == 2
     text = (out / "compare.md").read_text()
     assert "craig f=0.3" in text and "± 0.0 (2)" in text and "Paired differences" in text
+    assert len(data["runs"]) == 9 and "## Runs" in text
+    assert {r["seed"] for r in data["runs"]} == {0, 1}
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
