@@ -63,3 +63,25 @@ def test_selection_attack_needs_an_adversarial_objective_and_a_feature_selector(
         load_recipe(TINY, ["objective=clean", "selector=gradmatch", "selector.attack.steps=1"])
     with pytest.raises(RecipeError, match="selector.attack: not a parameter of selector 'random'"):
         load_recipe(TINY, ["selector=random", "selector.attack.steps=1"])
+
+
+def test_the_loop_selects_with_the_selection_attack(monkeypatch, tmp_path):
+    import advtrain.selection.coreset as coreset
+    from advtrain.train.loop import Trainer
+    from advtrain.ui.console import SilentReporter
+
+    recipe = load_recipe(TINY, ["selector=gradmatch", "selector.attack.steps=1", f"output.dir={tmp_path}"])
+    trainer = Trainer(recipe, SilentReporter())
+    seen = []
+    real = coreset.select_coreset
+
+    def spy(model, objective, *args, **kwargs):
+        seen.append(objective.attack_params.steps)
+        return real(model, objective, *args, **kwargs)
+
+    monkeypatch.setattr(coreset, "select_coreset", spy)
+    try:
+        trainer.select(0)
+    finally:
+        trainer.close()
+    assert seen == [1] and trainer.objective.attack_params.steps == 2
