@@ -215,7 +215,9 @@ def summarise(runs: list[Run], compare: dict, args: argparse.Namespace, grid: Gr
     if aa_rows:
         lines += ["", "## AutoAttack on the full and 0.3 rows", "", "| run | PGD-50 % | AutoAttack % |",
                   "|---|---|---|"]
-        lines += [f"| {a['run']} | {100 * (a['pgd50'] or math.nan):.1f} | {100 * a['aa']:.1f} |" for a in aa_rows]
+        for a in aa_rows:
+            pgd50 = "–" if a["pgd50"] is None else f"{100 * a['pgd50']:.1f}"
+            lines.append(f"| {a['run']} | {pgd50} | {100 * a['aa']:.1f} |")
     lines += ["", "Read the paired differences with their standard errors: with 2–3 seeds a difference "
               "smaller than about two standard errors is not evidence either way."]
     record = {"machine": machine(), "command": command_line(), "grid": args.grid, "settings":
