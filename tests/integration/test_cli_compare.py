@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
-from tests.conftest import plain
+
+def plain(text: str) -> str:
+    """Console output with rich's box drawing and line wrapping removed, for substring checks."""
+    for ch in "│╭╮╰╯─┃┏┓┗┛━┡┩╇┳┻╋┣┫":
+        text = text.replace(ch, " ")
+    return " ".join(text.split())
 
 TINY = ["schedule.epochs=2", "train.max_steps_per_epoch=1", "eval.n_examples=8", "eval.every=0"]
 
