@@ -1,4 +1,4 @@
-"""The ``advtrain`` command line: run, eval, select, validate, list.
+"""The ``advtrain`` command line: run, eval, select, compare, validate, list.
 
 Every command validates its recipe before building anything; a :class:`UserError` becomes one
 red panel and exit code 2 (no traceback).
@@ -163,6 +163,12 @@ def _print_run_summary(resolved: Any, report: dict, result: Any) -> None:
         trows = [("clean", f"{test['clean_acc']:.2%}")] + [(k, f"{v:.2%}") for k, v in test["robust_acc"].items()]
         console.print_table(f"test (first {test['n_examples']} examples, last model)", ["attack", "accuracy"],
                             trows)
+    speed = report.get("speedup")
+    if speed:
+        console.info(f"a coreset epoch took {speed['coreset_epoch_s']:.2f}s against {speed['full_epoch_s']:.2f}s "
+                     f"for a full epoch ({speed['epoch_ratio']:.0%}); training-loop speed-up against full "
+                     f"training of the same schedule (estimated from the full epochs): {speed['speedup']:.2f}× "
+                     f"(selection {speed['selection_share']:.0%} of the loop)")
     console.info(f"done in {result.wall_seconds:.1f}s; outputs in {result.out_dir}")
 
 
@@ -224,6 +230,28 @@ def select(
         raise UserError("nothing to do: pass --dump-indices (and optionally --out FILE.npz) to write the "
                         "selected indices and weights.")
     run_select(recipe, overrides or [], checkpoint=checkpoint, out=out, device=device)
+
+
+@app.command()
+@user_errors
+def compare(
+    runs: list[Path] = typer.Argument(..., help="finished run folders (recipe.yaml, metrics.jsonl, report.json)"),
+    out: Path = typer.Option(Path("compare"), "--out", help="folder for compare.{md,json} and tradeoff.png"),
+    attack: str | None = typer.Option(None, "--attack", help="robust metric (default: aa if every run has it, "
+                                      "else the strongest attack all runs were evaluated with)"),
+) -> None:
+    """Compare finished runs: robust accuracy vs training-loop speed-up, seeds grouped (paper Fig. 3)."""
+    from advtrain.compare import run_compare
+    from advtrain.ui import console
+
+    result = run_compare(runs, out, attack)
+    rows = [(r["label"], str(r["n"]), f"{r['speedup']['mean']:.2f}×" if "speedup" in r else "–",
+             f"{r['ideal_speedup']:.2f}×",
+             f"{100 * r['robust_acc']['mean']:.1f} ± {100 * r['robust_acc']['std']:.1f}" if "robust_acc" in r else "–")
+            for r in result["rows"]]
+    console.print_table(f"robust accuracy ({result['attack']}) vs speed-up", ["configuration", "seeds",
+                        "speed-up", "ideal", "robust acc %"], rows)
+    console.info(f"wrote {out}/compare.md, compare.json, tradeoff.png")
 
 
 @app.command("list")

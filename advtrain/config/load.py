@@ -380,6 +380,45 @@ def _own_problems(section: str, params: Any, problems: list[str]) -> None:
     check = getattr(params, "problems", None)
     if callable(check):
         problems.extend(f"{section}.{p}" for p in check())
+def _check_selection_attack(components: dict[str, Component | None], problems: list[str]) -> None:
+    """Resolve ``selector.attack`` (the attack used only for the selection features) in place.
+
+    It is an attack section written over the training attack: with the same ``name`` (or none)
+    every unset key is the training attack's (``{steps: 2}`` is the training PGD with 2 steps);
+    with another name only the threat model (``norm``, ``eps``) is carried over and the rest
+    starts from that attack's defaults (an FGSM's step size is not a PGD's). The resolved section,
+    every value filled, replaces what was written, so recipe.yaml and checkpoints record it.
+    """
+    selector, attack, objective = components["selector"], components["attack"], components["objective"]
+    spec = getattr(selector.params, "attack", None) if selector is not None else None
+    if spec is None or objective is None:
+        return
+    from advtrain.attacks import ATTACKS
+    from advtrain.objectives import OBJECTIVES
+
+    allowed = getattr(OBJECTIVES.get(objective.name).builder, "attacks", ())
+    if not allowed or attack is None:
+        problems.append(f"selector.attack: objective '{objective.name}' selects on clean points (it has no "
+                        f"attack); remove selector.attack")
+        return
+    name = spec.get("name", attack.name)
+    if name not in ATTACKS:
+        problems.append(f"selector.attack.name: {ATTACKS.unknown_message(name)}")
+        return
+    if name not in allowed:
+        problems.append(f"selector.attack.name: objective '{objective.name}' works with "
+                        f"{', '.join(allowed)}, not '{name}'")
+        return
+    params_cls = ATTACKS.get(name).params
+    own = {f.name for f in dataclasses.fields(params_cls)}
+    inherited = dataclasses.asdict(attack.params)
+    if name != attack.name:
+        inherited = {k: v for k, v in inherited.items() if k in ("norm", "eps") and k in own}
+    values = {**inherited, **{k: v for k, v in spec.items() if k != "name"}}
+    before = len(problems)
+    params = check_params(params_cls, values, "selector.attack", f"attack '{name}'", problems)
+    if len(problems) == before and params is not None:
+        selector.params.attack = {"name": name, **dataclasses.asdict(params)}
 
 
 def _model_params_cls() -> type:
@@ -426,6 +465,7 @@ def validate(data: dict[str, Any], source: str | None = None, *, interpolate: bo
     if isinstance(out_dir, str) and ".." in Path(out_dir).parts:
         problems.append(f"output.dir: '{out_dir}' goes up with '..'; a recipe writes below the folder it is run "
                         "from (or at an absolute path you give), e.g. output.dir=runs/mine")
+    _check_selection_attack(components, problems)
     if not problems:
         _cross_checks(components, fixed, problems)
     if problems:

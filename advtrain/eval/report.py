@@ -324,6 +324,15 @@ def run_markdown(report: dict) -> str:
         f"- epochs run: {report['epochs_run']}; wall time {report['wall_seconds']:.1f}s; "
         f"selection {report['selection_seconds']:.1f}s ({report['selection_share']:.1%})",
         f"- best validation metric {report['best_metric']} at epoch {report['best_epoch']}",
+    ]
+    speed = report.get("speedup")
+    if speed:
+        lines.append(
+            f"- coreset epoch {speed['coreset_epoch_s']:.2f}s vs full epoch {speed['full_epoch_s']:.2f}s "
+            f"({speed['epoch_ratio']:.0%}); training loop {speed['loop_s']:.1f}s (selection "
+            f"{speed['selection_share']:.1%}) vs an estimated {speed['estimated_full_loop_s']:.1f}s for full "
+            f"training of the same schedule: speed-up {speed['speedup']:.2f}×")
+    lines += [
         f"- final validation: {', '.join(f'{k} {_pct(v)}' for k, v in (report['final_val'] or {}).items())}",
         f"- advtrain {__version__}",
     ]

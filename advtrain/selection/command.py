@@ -32,7 +32,8 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
         epoch = int(ckpt.meta.get("epoch", 0))
     model = model.to(dev)
     selector = recipe.components["selector"]
-    result = select_coreset(model, build.build_objective(recipe), selector, data, seed=recipe.seed,
+    objective = build.build_selection_objective(recipe, build.build_objective(recipe))
+    result = select_coreset(model, objective, selector, data, seed=recipe.seed,
                             epoch=epoch, device=dev, amp_dtype=resolve_precision(recipe.precision, dev))
     hist = torch.bincount(result.labels[result.indices], minlength=data.num_classes).numpy()
     full_hist = torch.bincount(result.labels, minlength=data.num_classes).numpy()

@@ -9,10 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.selection.features import gradient_features
+from advtrain.selection.features import FeatureTiming, gradient_features
 from advtrain.train import distributed
 from advtrain.train.device import derive_seed, generator
 from advtrain.train.distributed import DistContext
+
+#: Selectors that use only the labels (their selection pass attacks nothing).
+FEATURELESS = ("full", "random")
 
 
 @dataclass
@@ -47,11 +50,15 @@ def select_coreset(model: nn.Module, objective: Any, selector: Any, data: Any, *
     ctx = ctx or DistContext()
     start = time.perf_counter()
     params = selector.params
-    feats, labels, timing = gradient_features(
-        model, objective, data.train, batch_size=data.batch_size, device=device, amp_dtype=amp_dtype,
-        bias_only=getattr(params, "features", "weights") == "bias",
-        indices=distributed.shard_range(ctx, len(data.train)) if ctx.enabled else None)
-    feats, labels = distributed.gather_rows(ctx, feats), distributed.gather_rows(ctx, labels)
+    if selector.name in FEATURELESS:  # a random subset needs no adversarial points: no attack pass
+        labels = data.train.labels.cpu()
+        feats, timing = torch.zeros(len(labels), 0, device=device), FeatureTiming()
+    else:
+        feats, labels, timing = gradient_features(
+            model, objective, data.train, batch_size=data.batch_size, device=device, amp_dtype=amp_dtype,
+            bias_only=getattr(params, "features", "weights") == "bias",
+            indices=distributed.shard_range(ctx, len(data.train)) if ctx.enabled else None)
+        feats, labels = distributed.gather_rows(ctx, feats), distributed.gather_rows(ctx, labels)
     solve_start = time.perf_counter()
     indices = weights = None
     if ctx.is_main:

@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -101,6 +102,9 @@ class CraigParams(RandomParams):
                         help="lazy: the exact greedy sequence; stochastic: best of a random sample per step, "
                              "E[F] >= (1-1/e-epsilon)·OPT, O(n² ln(1/epsilon)) work at any budget")
     epsilon: float = param(0.01, gt=0, lt=1, help="stochastic greedy's ε (sample (n/k)·ln(1/ε) per step)")
+    attack: dict[str, Any] | None = param(
+        None, help="attack for the selection features only, e.g. {name: pgd, steps: 2} (null: the training "
+                   "attack, as in the paper); unset keys come from the training attack")
 
 
 @dataclass
@@ -117,6 +121,9 @@ class GradMatchParams(RandomParams):
                          help="slots left once the match is exact (budget beyond the feature dimension): "
                               "match = uniform picks at weight n/k and OMP re-matches the rest; "
                               "fill = random fill at the picks' mean weight (solver=exact always fills)")
+    attack: dict[str, Any] | None = param(
+        None, help="attack for the selection features only, e.g. {name: pgd, steps: 2} (null: the training "
+                   "attack, as in the paper); unset keys come from the training attack")
 
 
 def class_budgets(counts: list[int], budget: int) -> list[int]:

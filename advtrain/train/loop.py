@@ -138,6 +138,7 @@ class Trainer:
         if recipe.train.compile:
             self.train_model = torch.compile(self.train_model)
         self.objective = build.build_objective(recipe)
+        self.selection_objective = build.build_selection_objective(recipe, self.objective)
         self.optimizer = build.build_optimizer(recipe, self.model)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.lr_factor = build.build_lr_schedule(recipe)
@@ -524,7 +525,7 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derive_seed(self.recipe.seed, "select-attack", epoch))
-            result = select_coreset(self.model, self.objective, selector, self.data, seed=self.recipe.seed,
+            result = select_coreset(self.model, self.selection_objective, selector, self.data, seed=self.recipe.seed,
                                     epoch=epoch, device=self.device, amp_dtype=self.amp_dtype, ctx=self.dist)
         self.coreset = Coreset(result.indices, result.weights, epoch)
         self._write_coreset(epoch, result.labels)

@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from advtrain import __version__
 from advtrain.eval.report import eval_record, plot_curves, run_markdown, write_json
 from advtrain.io.checkpoint import write_atomically
+
+
+def loop_seconds(metrics: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """(training-loop seconds, training seconds, selection seconds): the loop as the paper times it,
+    training epochs plus selection passes (validation and checkpointing left out)."""
+    train_s = sum(float(m.get("train_time") or 0.0) for m in metrics)
+    selection_s = sum(float((m.get("selection") or {}).get("total_s", 0.0)) for m in metrics)
+    return train_s + selection_s, train_s, selection_s
+
+
+def epoch_seconds(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Median training seconds of a full-data epoch and of a coreset epoch (the phases the run had)."""
+    out = {}
+    for phase in ("full", "coreset"):
+        times = [float(m["train_time"]) for m in metrics if m.get("phase") == phase and m.get("train_time")]
+        if times:
+            out[phase] = statistics.median(times)
+    return out
+
+
+def speedup_estimate(metrics: list[dict[str, Any]], epochs: int) -> dict[str, float] | None:
+    """A coreset run's loop against full training of the same schedule, from its own epochs.
+
+    Full training is estimated as ``epochs`` × the median full-data (warm-start) epoch; ``None``
+    when the run had no full-data or no coreset epoch to measure.
+    """
+    per_epoch = epoch_seconds(metrics)
+    if "full" not in per_epoch or "coreset" not in per_epoch:
+        return None
+    loop_s, _, selection_s = loop_seconds(metrics)
+    full_loop = epochs * per_epoch["full"]
+    return {"full_epoch_s": per_epoch["full"], "coreset_epoch_s": per_epoch["coreset"],
+            "epoch_ratio": per_epoch["coreset"] / per_epoch["full"], "loop_s": loop_s,
+            "estimated_full_loop_s": full_loop, "speedup": full_loop / loop_s if loop_s else float("nan"),
+            "selection_share": selection_s / loop_s if loop_s else 0.0}
 
 
 def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
@@ -29,6 +65,8 @@ def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
         "train_seconds": epoch_s,
         "selection_seconds": selection_s,
         "selection_share": selection_s / epoch_s if epoch_s else 0.0,
+        "loop_seconds": loop_seconds(metrics)[0],
+        "speedup": speedup_estimate(metrics, recipe.schedule.epochs),
         "best_metric": result.best_metric,
         "best_epoch": None if result.best_epoch is None else result.best_epoch + 1,
         "final_val": result.final_val,

@@ -101,6 +101,23 @@ def build_objective(recipe: Recipe) -> Any:
         return entry.builder(objective.params, recipe.components["attack"])
 
 
+def build_selection_objective(recipe: Recipe, objective: Any) -> Any:
+    """The objective the selection pass attacks with: ``objective`` itself, or, with
+    ``selector.attack``, the same objective bound to that (cheaper) attack."""
+    from advtrain.attacks import ATTACKS
+    from advtrain.config.load import Component
+    from advtrain.objectives import OBJECTIVES
+
+    spec = getattr(recipe.components["selector"].params, "attack", None)
+    if spec is None:
+        return objective
+    values = dict(spec)
+    name = values.pop("name")
+    attack = Component(name, ATTACKS.get(name).params(**values))
+    section = recipe.components["objective"]
+    return OBJECTIVES.get(section.name).builder(section.params, attack)
+
+
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     from advtrain.train.optim import OPTIMIZERS
 
