@@ -15,8 +15,10 @@ from advtrain.errors import CheckpointError, RecipeError
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.models import MODEL_KWARGS, ModelParams, model_kwargs_problems
 
-#: Fields checked elsewhere than by a range: registry names, the kwargs allow-list, eval attack names.
-CHECKED_ELSEWHERE = {("ModelParams", "name"), ("ModelParams", "kwargs"), ("EvalConfig", "attacks")}
+#: Fields checked elsewhere than by a range: registry names, the kwargs allow-list, eval attack names,
+#: the selection attack (validated as an attack section, with that attack's own ranges).
+CHECKED_ELSEWHERE = {("ModelParams", "name"), ("ModelParams", "kwargs"), ("EvalConfig", "attacks"),
+                     ("CraigParams", "attack"), ("GradMatchParams", "attack")}
 
 
 def _all_params() -> list[type]:
@@ -31,7 +33,7 @@ def test_every_parameter_has_a_range_or_a_set(params):
     hints = typing.get_type_hints(params)
     for f in dataclasses.fields(params):
         meta, hint = f.metadata, str(hints[f.name])
-        if (params.__name__, f.name) in CHECKED_ELSEWHERE or hints[f.name] is bool:
+        if (params.__name__, f.name) in CHECKED_ELSEWHERE or hints[f.name] in (bool, bool | None):
             continue
         if meta.get("choices") is not None or meta.get("pattern") or meta.get("path"):
             continue
