@@ -61,3 +61,15 @@ def test_training_steps_make_no_host_sync(tmp_path, objective):
         torch.cuda.set_sync_debug_mode(0)
     totals = monitor.read()
     assert totals.seen == 64 and totals.first_bad_batch is None
+
+
+def test_eval_on_cuda_with_autoattack_stages(cli, tiny_recipe, tmp_path):
+    """`advtrain eval` on CUDA: the checkpoint's ε by default, PGD and a reduced AutoAttack stage by stage."""
+    code, out = cli("run", tiny_recipe, "device=cuda", "schedule.epochs=1")
+    assert code == 0, out
+    code, out = cli("eval", "runs/tiny/last.safetensors", "--device", "cuda", "--attack", "pgd10,aa", "--steps", "3",
+                    "--n-examples", "16", "--out", "ev")
+    assert code == 0, out
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["n_examples"] == 16 and report["device"].startswith("cuda")
+    assert set(report["robust_acc"]) >= {"pgd10", "aa"} and report["eps_source"]
