@@ -60,6 +60,6 @@ else
     echo "== acs_short: skipped, no CIFAR-10 JPEG copy at $jpeg" | tee -a "$LOG"; status+=("acs_short skipped")
 fi
 step throughput_compile 120 $PY bench/throughput.py --device cuda --models resnet18_cifar --batch-size 512 \
-    --steps 20 --repeats 2 --precision bf16 --compile on --objectives clean,pgd10 --name throughput_cuda_compile \
+    --steps 20 --repeats 2 --precision bf16 --compile on --name throughput_cuda_compile \
     --results "$RESULTS"
 $PY bench/gpu_summary.py "$RESULTS" "${status[@]}" 2>&1 | tee -a "$LOG"
