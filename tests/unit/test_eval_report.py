@@ -191,7 +191,11 @@ def test_gap_from_the_gradient_stages_is_not_called_masking():
     [warning] = masking_warnings(record)
     assert "masking" in warning and "not a sign of gradient masking" in warning
     assert "weaker than APGD" in warning and "APGD-CE 75.0%, APGD-T 72.5%, FAB-T 72.5%, Square 72.5%" in warning
-    assert "7.5%" in warning  # the gap
+    assert "7.5%" in warning and "APGD-CE (same loss, adaptive step) accounts for 5.0%" in warning
+    assert "APGD-T (targeted loss) for 2.5%" in warning
+    # exactly 3 points is not "more than 3 points"
+    stages = {s: _mask(100, 63) for s in STAGES}
+    assert masking_warnings(_report({"pgd50": _mask(100, 66), "aa": _mask(100, 63)}, stages)) == []
 
 
 def test_square_finding_more_is_called_masking():
