@@ -134,8 +134,8 @@ def main() -> None:
         label = r["method"] + "".join(f" {kv}" for kv in r["selector_overrides"])
         errs = ", ".join(f"{e:.2g}" for e in r["matching_errors"]) or "-"
         lines.append(f"| {label} | {r['fraction'] or 1.0} | {r['clean_acc']:.2%} | {r['pgd50_acc']:.2%} | "
-                     f"{r['loop_seconds']:.1f} | {r['speedup']:.2f}x | {r['train_seconds']:.1f} | "
-                     f"{r['wall_speedup']:.2f}x | {r['selection_share']:.1%} | "
+                     f"{r['loop_seconds']:.1f} | {_times(r['speedup'])} | {r['train_seconds']:.1f} | "
+                     f"{_times(r['wall_speedup'])} | {r['selection_share']:.1%} | "
                      f"{(r['solver_share_of_full_epoch'] or 0):.2%} | {errs} |")
     if args.dataset == "cifar10":
         lines += ["", "Measured on the JPEG-compressed CIFAR-10 copy (q75): accuracies are close to, not equal "
@@ -159,6 +159,11 @@ def _record_matching_errors(sink: list[float]) -> None:
         return sel
 
     SELECTORS._entries["gradmatch"] = dataclasses.replace(entry, builder=builder)
+
+
+def _times(value: float | None) -> str:
+    """A speed-up cell; "-" when the methods did not include full training to compare with."""
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _mean(values: list[float]) -> float:
