@@ -22,8 +22,8 @@ from advtrain.errors import DataError
 def to_unit_float(images: Tensor) -> Tensor:
     """uint8 images → float32 in [0, 1], bit-identical on every device.
 
-    A 256-entry table computed once on the CPU (``k / 255``, correctly rounded) replaces the
-    division: CUDA divides by a scalar through its reciprocal, which differs from the CPU's
+    A 256-entry table computed on the CPU (``k / 255``, correctly rounded; 1 KiB, copied without a
+    host sync) replaces the division: CUDA divides by a scalar through its reciprocal, which differs from the CPU's
     ``k / 255`` in the last bit for some ``k``, so the same batch would differ between devices.
     """
     table = torch.arange(256, dtype=torch.float32).div_(255).to(images.device, non_blocking=True)
