@@ -95,17 +95,18 @@ class SilentReporter:
     def stop(self) -> None: ...
 
 
+def _bar_columns() -> tuple[Any, ...]:
+    """The columns every progress bar shares: bar, done/total, elapsed, eta."""
+    return (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+
+
 class ProgressReporter:
     """Epoch and batch bars with ETA, running loss/accuracy and the last validation numbers."""
 
     def __init__(self) -> None:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            *_bar_columns(),
             TextColumn("{task.fields[status]}"),
             console=console(),
             transient=False,
@@ -176,11 +177,7 @@ class EvalProgress:
     def __init__(self) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            *_bar_columns(),
             console=console(),
             transient=False,
         )
