@@ -13,8 +13,9 @@ less than one extra batch more (up to a short batch more when the short batch is
 A solver that stops short (OMP) is topped up with random unpicked candidates (:func:`_fill`).
 GradMatch's fast solver with ``surplus: match`` (the default) does not stop short once its match is
 exact: it fills the budget itself with uniform draws at weight n/k and re-matches the rest of the
-target (see :mod:`advtrain.selection.solvers`), so the fill is what the exact solver, or
-``surplus: fill``, falls back to.
+target, and draws in the span of an exact support ride on it without changing the match (see
+:mod:`advtrain.selection.solvers`), so the fill is what the exact solver, or ``surplus: fill``,
+falls back to.
 
 Weights are on one scale everywhere: about the number of training samples each selected sample
 stands for, so Σγ ≈ n and the weighted loss Σγℓ/Σγ of a mixed mini-batch weighs samples
