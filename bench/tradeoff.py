@@ -10,6 +10,8 @@ attack) against a 2-step PGD selection attack: selection share of the loop and r
     python bench/tradeoff.py --grid digits --jobs 2                  # 51 runs, offline
     python bench/tradeoff.py --grid cifar10 --jobs 4 --device cpu    # CIFAR-10 JPEG copy, 14 runs
     python bench/tradeoff.py --smoke --results /tmp/tradeoff_smoke   # a minute or two: proves the pipeline
+    python bench/tradeoff.py --grid digits --seeds 0 --no-aa --runs local/tradeoff_quiet --tag quiet
+                                                                     # one seed, alone on the machine: timings
 
 Finished runs (report.json present) are kept and not re-run, so an interrupted grid continues
 where it stopped (``--fresh`` starts over). Runs live under ``--runs`` (default local/tradeoff/,
@@ -253,6 +255,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet_tiny_cifar")
     parser.add_argument("--train-eval", type=int, default=100, help="eval.n_examples of the runs' own test pass")
     parser.add_argument("--runs", type=Path, default=LOCAL / "tradeoff", help="folder for the runs")
+    parser.add_argument("--tag", default="", help="suffix of the result files' name (tradeoff_<grid>_<tag>), e.g. "
+                                                  "for a timing-only rerun on a quiet machine")
     parser.add_argument("--fresh", action="store_true", help="delete this grid's runs first")
     add_results_arg(parser)
     args = parser.parse_args()
@@ -288,7 +292,7 @@ def main() -> None:
     if failures:
         raise SystemExit(f"{len(failures)} run(s) failed; finished runs are kept, re-run the same command to "
                          f"continue:\n" + "\n".join(failures))
-    name = f"tradeoff_{args.grid}{'_smoke' if args.smoke else ''}"
+    name = f"tradeoff_{args.grid}{'_smoke' if args.smoke else ''}{f'_{args.tag}' if args.tag else ''}"
     out = Path(args.results) / name
     execute(["compare", *(str(r.path) for r in runs), "--out", str(out), "--attack", "pgd50"],
             args.runs / args.grid / "compare.log", 1)
