@@ -115,8 +115,10 @@ def main() -> None:
         row["speedup"] = full["loop_seconds"] / row["loop_seconds"] if full else None
         row["wall_speedup"] = full["train_seconds"] / row["train_seconds"] if full else None
         row["selection_share"] = row["selection_seconds"] / row["loop_seconds"]
-        row["solver_share_of_full_epoch"] = (row["solver_seconds"] / max(row["selections"], 1)
-                                             / full["mean_full_epoch_seconds"]) if full else None
+        # Per selection, against a full epoch: the full run's, else the run's own warm-start epochs.
+        epoch = full["mean_full_epoch_seconds"] if full else row.get("mean_full_epoch_seconds")
+        row["solver_share_of_full_epoch"] = (row["solver_seconds"] / max(row["selections"], 1) / epoch
+                                             if epoch else None)
     record = {"machine": machine(), "command": command_line(), "dataset": args.dataset,
               "settings": vars(args), "recipe": recipe_path, "overrides": common, "rows": rows}
     lines = [f"# Coreset benchmark: {args.dataset}", "", f"Command: `{command_line()}`", "",
@@ -136,11 +138,15 @@ def main() -> None:
         lines.append(f"| {label} | {r['fraction'] or 1.0} | {r['clean_acc']:.2%} | {r['pgd50_acc']:.2%} | "
                      f"{r['loop_seconds']:.1f} | {_times(r['speedup'])} | {r['train_seconds']:.1f} | "
                      f"{_times(r['wall_speedup'])} | {r['selection_share']:.1%} | "
-                     f"{(r['solver_share_of_full_epoch'] or 0):.2%} | {errs} |")
+                     f"{_share(r['solver_share_of_full_epoch'])} | {errs} |")
     if args.dataset == "cifar10":
         lines += ["", "Measured on the JPEG-compressed CIFAR-10 copy (q75): accuracies are close to, not equal "
                   "to, real CIFAR-10."]
     write_result(f"coreset_compare_{args.dataset}{'_' + args.tag if args.tag else ''}", record, "\n".join(lines) + "\n")
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2%}"
 
 
 def _record_matching_errors(sink: list[float]) -> None:
