@@ -40,8 +40,10 @@ import torch
 from torch import Tensor
 
 from advtrain.config.params import param
+from advtrain.errors import UserError
 from advtrain.registry import Registry
 from advtrain.selection.solvers import (
+    FactorTooLarge,
     batch_omp,
     facility_location,
     full_subset,
@@ -298,11 +300,28 @@ def select_gradmatch(params: GradMatchParams, features: Tensor, labels: Tensor, 
     """Adversarial GradMatch: OMP on last-layer gradient features."""
 
     def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        if params.solver == "exact":
-            idx, w = orthogonal_matching_pursuit(c.features, k, lam=params.lam, target=c.target)
-        else:
-            idx, w = batch_omp(c.features, k, lam=params.lam, target=c.target, generator=gen,
-                               surplus="match" if params.surplus == "match" else "none")
+        try:
+            if params.solver == "exact":
+                idx, w = orthogonal_matching_pursuit(c.features, k, lam=params.lam, target=c.target)
+            else:
+                idx, w = batch_omp(c.features, k, lam=params.lam, target=c.target, generator=gen,
+                                   surplus="match" if params.surplus == "match" else "none")
+        except FactorTooLarge as err:
+            raise UserError(_factor_advice(err, params)) from None
         return idx, w.double() * c.batch_size  # coefficient on the target's scale → samples
 
     return select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)
+
+
+def _factor_advice(err: FactorTooLarge, params: GradMatchParams) -> str:
+    """The solver's memory refusal in recipe terms: which selector settings would fit."""
+    fixes = []
+    if err.solver == "exact":
+        fixes.append("selector.solver=fast (its factor stays within the feature dimension)")
+    if err.ridge:
+        fixes.append(f"selector.lam=0 (now {params.lam}; the support then stays within the feature dimension)")
+    if params.granularity == "sample":
+        fixes.append("selector.granularity=batch")
+    if not params.per_class:
+        fixes.append("selector.per_class=true")
+    return f"{err}; use {', '.join(fixes) or 'a smaller selector.fraction'}"

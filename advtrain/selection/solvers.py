@@ -72,8 +72,21 @@ import math
 import torch
 from torch import Tensor
 
-from advtrain.errors import UserError
 from advtrain.selection.gram import LastLayerFactors, last_layer_factors
+
+
+class FactorTooLarge(MemoryError):
+    """A GradMatch solver's factor and rows would exceed its memory bound; raised before any copy.
+
+    Plain numbers, no recipe vocabulary: the selector that called the solver says which settings
+    would fit (the math does not know it was configured from a recipe).
+    """
+
+    def __init__(self, solver: str, candidates: int, budget: int, side: int, need_bytes: int, ridge: bool) -> None:
+        self.solver, self.candidates, self.budget = solver, candidates, budget
+        self.side, self.need_bytes, self.ridge = side, need_bytes, ridge
+        super().__init__(f"{solver} GradMatch over {candidates} candidates with a budget of {budget} needs a "
+                         f"{side}×{side} float64 factor and {side} float64 rows ({need_bytes / 2**30:.1f} GiB)")
 
 
 def _sq_norms(x: Tensor) -> Tensor:
@@ -308,7 +321,7 @@ def orthogonal_matching_pursuit(features: Tensor, budget: int, *, lam: float = 0
     when ‖r‖ ≤ tol·‖b‖. Correlations run in the features' dtype, the solve in float64.
 
     This is the reference for :func:`batch_omp` (tests compare both); its memory grows as k² + kD,
-    and budgets beyond ``max_gram_bytes`` are refused before anything is copied.
+    and budgets beyond ``max_gram_bytes`` raise :class:`FactorTooLarge` before anything is copied.
 
     Returns:
         ``(indices, weights)`` of the selected atoms, all weights > 0 when ``nonnegative``.
@@ -318,10 +331,7 @@ def orthogonal_matching_pursuit(features: Tensor, budget: int, *, lam: float = 0
     capacity = min(budget, n)
     need = capacity * (capacity + dim) * 8
     if need > max_gram_bytes:
-        raise UserError(
-            f"exact GradMatch over {n} candidates with a budget of {budget} needs a {capacity}×{capacity} Gram "
-            f"factor and {capacity} float64 rows ({need / 2**30:.1f} GiB); use selector.solver=fast, "
-            "selector.granularity=batch or selector.per_class=true")
+        raise FactorTooLarge("exact", n, budget, capacity, need, ridge=lam > 0)
     g = features
     b = g.sum(dim=0, dtype=torch.float64) if target is None else target.to(device=device, dtype=torch.float64)
     b_norm = float(b.norm())
@@ -484,7 +494,7 @@ def batch_omp(features: Tensor, budget: int, *, lam: float = 0.0, target: Tensor
         structure: Take Gram blocks from the rank-one factors of last-layer gradient features when
             every row has that form (:mod:`advtrain.selection.gram`; ~10× fewer FLOPs in the pool
             and cross products); off, or for other features: dense float64 products.
-        max_factor_bytes: Refuse before copying anything when the float64 factor of the largest
+        max_factor_bytes: Raise :class:`FactorTooLarge` before copying anything when the float64 factor of the largest
             possible support (min(budget, n), and at most D when λ = 0) and its float64 rows would
             exceed this.
 
@@ -498,11 +508,7 @@ def batch_omp(features: Tensor, budget: int, *, lam: float = 0.0, target: Tensor
     budget = min(budget, n)
     cap = budget if lam > 0 else min(budget, dim)
     if cap * (cap + dim) * 8 > max_factor_bytes:
-        raise UserError(
-            f"GradMatch with selector.lam={lam} over {n} candidates and a budget of {budget} needs a {cap}×{cap} "
-            f"float64 factor and {cap} float64 rows ({cap * (cap + dim) * 8 / 2**30:.1f} GiB); use selector.lam=0 "
-            f"(the support then stays within "
-            f"the feature dimension {dim}), selector.granularity=batch or selector.per_class=true")
+        raise FactorTooLarge("fast", n, budget, cap, cap * (cap + dim) * 8, ridge=lam > 0)
     g = features
     b = g.sum(dim=0, dtype=torch.float64) if target is None else target.to(device=device, dtype=torch.float64)
     empty = torch.zeros(0, dtype=torch.long, device=device)

@@ -264,3 +264,17 @@ def test_craig_stochastic_greedy_is_reproducible_and_weights_sum_to_n():
     assert float(a.weights.sum()) == 60
     lazy = _run("craig", CraigParams(fraction=0.25, granularity="sample", per_class=True), feats, labels, seed=3)
     assert len(lazy.indices) == 15 and not torch.equal(lazy.indices, a.indices)
+
+
+@pytest.mark.parametrize("solver, lam, named",
+                         [("exact", 0.0, "selector.solver=fast"), ("fast", 0.5, "selector.lam=0")])
+def test_gradmatch_memory_refusal_names_the_selector_settings_that_fit(solver, lam, named):
+    """The solvers refuse in plain numbers (FactorTooLarge); the selector words it in recipe keys."""
+    from advtrain.errors import UserError
+
+    feats = torch.empty(50_000, 5_130, device="meta")  # no storage: nothing may be copied before the check
+    params = GradMatchParams(fraction=0.5, granularity="sample", solver=solver, lam=lam)
+    with pytest.raises(UserError, match=named) as err:
+        SELECTORS.get("gradmatch").builder(params, feats, torch.zeros(50_000, dtype=torch.long),
+                                           generator=torch.Generator().manual_seed(0), batch_size=128)
+    assert "selector.granularity=batch" in str(err.value) and "GiB" in str(err.value)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy.optimize import nnls
 
-from advtrain.errors import UserError
 from advtrain.selection import solvers
 from advtrain.selection.solvers import (
+    FactorTooLarge,
     batch_omp,
     facility_location,
     full_subset,
@@ -290,10 +290,12 @@ def test_batch_omp_rejects_an_unknown_surplus_rule():
 def test_memory_is_checked_before_anything_is_copied():
     # Meta tensors have no storage: a solver that copied or reduced them first would fail differently.
     feats = torch.empty(50_000, 5_130, device="meta")
-    with pytest.raises(UserError, match="selector.solver=fast"):
+    with pytest.raises(FactorTooLarge, match="25000×25000") as err:
         orthogonal_matching_pursuit(feats, 25_000)
-    with pytest.raises(UserError, match="selector.lam=0"):
+    assert err.value.solver == "exact" and "selector" not in str(err.value)  # the math speaks no recipe
+    with pytest.raises(FactorTooLarge, match="25000×25000") as err:
         batch_omp(feats, 25_000, lam=0.5)
+    assert err.value.ridge and "selector" not in str(err.value)
 
 
 def test_factor_row_deletion_equals_refactorising():
