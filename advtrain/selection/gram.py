@@ -31,9 +31,6 @@ class LastLayerFactors:
     e: Tensor
     h_hat: Tensor
 
-    def __len__(self) -> int:
-        return len(self.e)
-
     def rows(self, idx: Tensor) -> LastLayerFactors:
         return LastLayerFactors(self.e[idx], self.h_hat[idx])
 

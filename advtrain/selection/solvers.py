@@ -74,6 +74,10 @@ from torch import Tensor
 
 from advtrain.selection.gram import LastLayerFactors, last_layer_factors
 
+# An atom whose squared distance to the span of the support is at most this fraction of its squared
+# norm lies in that span (adds nothing to the fit); shared by both OMPs' pivots and the riders.
+_SPAN_RTOL = 1e-10
+
 
 class FactorTooLarge(MemoryError):
     """A GradMatch solver's factor and rows would exceed its memory bound; raised before any copy.
@@ -393,7 +397,7 @@ class _IncrementalRidge:
             pivot = diag - float(new @ new)
         else:
             new, pivot = None, diag
-        if pivot <= 1e-10 * max(diag, 1e-300):
+        if pivot <= _SPAN_RTOL * max(diag, 1e-300):
             return False
         factor = _lower(k + 1, atom.device)
         factor[:k, :k] = self.factor
@@ -630,16 +634,8 @@ class _BlockRidge:
         """
         k = self.k
         take = min(take, self.capacity - k)
-        eye = self.lam * torch.eye(len(cand), dtype=torch.float64, device=cand.device)
-        if self.factors is not None:  # last-layer features: Gram blocks from the rank-one factors
-            block = None
-            pool = self.factors.rows(cand)
-            schur = pool.gram(pool) + eye
-            cross = self.factors.rows(self.atoms).gram(pool) if k else None
-        else:
-            block = self.g[cand].to(torch.float64)
-            schur = block @ block.T + eye
-            cross = self.rows @ block.T if k else None
+        block, schur, cross = self._products(cand, pairwise=True)
+        schur += self.lam * torch.eye(len(cand), dtype=torch.float64, device=schur.device)
         diag = schur.diagonal().clone()
         coupling = None
         if k:
@@ -662,7 +658,7 @@ class _BlockRidge:
             a = len(accepted)
             col = schur[i] - cols[:a].T @ cols[:a, i] if a else schur[i].clone()
             pivot = float(col[i])
-            if pivot <= 1e-10 * max(float(diag[i]), 1e-300):
+            if pivot <= _SPAN_RTOL * max(float(diag[i]), 1e-300):
                 continue
             col /= pivot**0.5
             cols[a] = col
@@ -762,19 +758,28 @@ class _BlockRidge:
             fresh = fresh[~out]
         raise RuntimeError("Lawson–Hanson refit did not converge")  # unreachable: each step removes an atom
 
+    def _products(self, cand: Tensor, pairwise: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """The candidates' float64 rows (dense path only), their Gram matrix (``pairwise``) or squared
+        norms, and the support × candidate products (None for an empty support).
+
+        Last-layer features take both from their rank-one factors; other features from the rows.
+        """
+        if self.factors is not None:
+            pool = self.factors.rows(cand)
+            inner = pool.gram(pool) if pairwise else pool.sq_norms()
+            return None, inner, self.factors.rows(self.atoms).gram(pool) if self.k else None
+        block = self.g[cand].to(torch.float64)
+        inner = block @ block.T if pairwise else (block * block).sum(dim=1)
+        return block, inner, self.rows @ block.T if self.k else None
+
     def span_coefficients(self, cand: Tensor) -> tuple[Tensor, Tensor]:
         """Which candidates lie in the span of the support, and their coefficients there (k × #in-span).
 
         g_j = Σ_s c_sj g_s for a candidate j in the span (λ = 0): the same pivot test as :meth:`add`.
         """
-        if self.factors is not None:
-            pool = self.factors.rows(cand)
-            cross, sq = self.factors.rows(self.atoms).gram(pool), pool.sq_norms()
-        else:
-            rows = self.g[cand].to(torch.float64)
-            cross, sq = self.rows @ rows.T, (rows * rows).sum(dim=1)
+        _, sq, cross = self._products(cand, pairwise=False)
         y = torch.linalg.solve_triangular(self.factor, cross, upper=False)
-        in_span = sq - (y * y).sum(dim=0) <= 1e-10 * sq.clamp_min(1e-300)
+        in_span = sq - (y * y).sum(dim=0) <= _SPAN_RTOL * sq.clamp_min(1e-300)
         coef = torch.linalg.solve_triangular(self.factor.T, y[:, in_span], upper=True)
         return in_span, coef
 
