@@ -36,7 +36,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from advtrain.interrupts import CommandInterrupted
+        from advtrain.runtime.interrupts import CommandInterrupted
         from advtrain.train.loop import TrainingInterrupted
         from advtrain.ui import console
 
@@ -89,8 +89,8 @@ def run(
 ) -> None:
     """Train with a recipe: adversarial training, optionally on adversarial coresets."""
     from advtrain.config.load import load_recipe
-    from advtrain.interrupts import on_signals
-    from advtrain.train.distributed import is_main_process
+    from advtrain.runtime.distributed import is_main_process
+    from advtrain.runtime.interrupts import on_signals
     from advtrain.train.loop import check_output_dir
 
     resolved = load_recipe(recipe, overrides or [])
@@ -110,8 +110,8 @@ def run(
 
 def _run(resolved: Any, state: dict[str, Any], folder: Any, main_process: bool, *, resume: bool,
          resume_from: Path | None, force: bool, overwrite: bool, device: str | None) -> None:
+    from advtrain.reports.run import write_run_report
     from advtrain.train.loop import Trainer
-    from advtrain.train.report import write_run_report
     from advtrain.ui import console
 
     checkpoint = resume_from
@@ -197,8 +197,8 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="seed for random starts"),
 ) -> None:
     """Evaluate a checkpoint under standard attacks; write eval/report.{json,md} and a plot."""
-    from advtrain.eval.command import run_eval
-    from advtrain.interrupts import on_signals
+    from advtrain.commands.evaluate import run_eval
+    from advtrain.runtime.interrupts import on_signals
 
     names = [n.strip() for a in (attack or ["clean", "pgd20"]) for n in a.split(",") if n.strip()]
     with on_signals(_eval_interrupted):
@@ -224,7 +224,7 @@ def select(
     device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """Run one adversarial coreset selection and (with --dump-indices) write it to a .npz."""
-    from advtrain.selection.command import run_select
+    from advtrain.commands.select import run_select
 
     if not dump_indices:
         raise UserError("nothing to do: pass --dump-indices (and optionally --out FILE.npz) to write the "
@@ -241,7 +241,7 @@ def compare(
                                       "else the strongest attack all runs were evaluated with)"),
 ) -> None:
     """Compare finished runs: robust accuracy vs training-loop speed-up, seeds grouped (paper Fig. 3)."""
-    from advtrain.compare import run_compare
+    from advtrain.reports.compare import run_compare
     from advtrain.ui import console
 
     result = run_compare(runs, out, attack)
@@ -258,8 +258,8 @@ def compare(
 @user_errors
 def list_cmd(kind: str = typer.Argument(..., help=" | ".join(LIST_KINDS))) -> None:
     """List registered components with their parameters and defaults."""
-    from advtrain.config.params import describe_fields
     from advtrain.errors import did_you_mean
+    from advtrain.params import describe_fields
     from advtrain.ui import console
 
     kind = kind.lower().replace("-", "_")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from _common import LOCAL, ROOT, add_results_arg, cifar_subset, command_line, machine, write_result
 
-from advtrain.compare import paired_difference
+from advtrain.reports.compare import paired_difference
 
 
 @dataclass

@@ -32,6 +32,6 @@ __all__ = [
 ]
 
 # Perceptual attacks live in their own package; registering them here keeps one attack registry.
-from advtrain.perceptual.fast_lpa import FastLPAParams, fast_lpa  # noqa: E402
+from advtrain.attacks.perceptual.fast_lpa import FastLPAParams, fast_lpa  # noqa: E402
 
 ATTACKS.add("fast_lpa", fast_lpa, FastLPAParams)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks.losses import LossFn
 from advtrain.attacks.pgd import PGDParams, pgd
-from advtrain.config.params import param
+from advtrain.params import param
 
 
 @dataclass

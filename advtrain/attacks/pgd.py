@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view, project
 from advtrain.attacks.losses import LOSSES, LossFn, check_per_sample
-from advtrain.config.params import param
+from advtrain.params import param
 
 
 @dataclass

@@ -41,8 +41,8 @@ from advtrain.attacks.autoattack import (
 )
 from advtrain.attacks.fgsm import FGSMParams, fgsm
 from advtrain.attacks.pgd import PGDParams, pgd
-from advtrain.config.params import FractionError, parse_number
 from advtrain.errors import UserError, did_you_mean
+from advtrain.params import FractionError, parse_number
 
 GRAMMAR = ("clean, fgsm, pgd<steps>[x<restarts>][-l2], cw<steps>, aa, aa-l2, aa<iterations>[-l2], ppgd<steps>[-<net>], "
            "lpa<steps>[-<net>], stadv<steps>, recolor<steps>, each optionally @<bound>; groups: unseen")
@@ -243,14 +243,14 @@ def _run_aa(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tenso
 
 
 def _run_ppgd(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    from advtrain.perceptual.ppgd import PPGDParams, ppgd  # late: perceptual imports the attack modules
+    from advtrain.attacks.perceptual.ppgd import PPGDParams, ppgd  # late: perceptual imports the attack modules
 
     params = PPGDParams(bound=attack.eps, steps=attack.steps or 1, step=attack.alpha, lpips=attack.network or "self")
     return ppgd(model, x, y, params, cache=attack.cache)
 
 
 def _run_lpa(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    from advtrain.perceptual.lpa import LPAParams, lpa
+    from advtrain.attacks.perceptual.lpa import LPAParams, lpa
 
     params = LPAParams(bound=attack.eps, steps=attack.steps or 1, step=attack.alpha, lpips=attack.network or "self")
     return lpa(model, x, y, params, cache=attack.cache)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from advtrain.attacks._common import attack_mode
 from advtrain.attacks.losses import LossFn, margin_loss
 from advtrain.attacks.stadv import SMOOTHNESS_EPS, adam_attack
-from advtrain.config.params import param
+from advtrain.params import param
 
 # sRGB (IEC 61966-2-1) linear RGB → XYZ, D65; its rows sum to the white point (Xn, Yn = 1, Zn).
 _RGB_TO_XYZ = torch.tensor([[0.4124, 0.3576, 0.1805],

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode
 from advtrain.attacks.losses import LossFn, check_per_sample, margin_loss
-from advtrain.config.params import param
+from advtrain.params import param
 
 SMOOTHNESS_EPS = 1e-10
 

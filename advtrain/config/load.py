@@ -22,9 +22,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from advtrain.config.params import FractionError, check_range, parse_number
 from advtrain.config.schema import COMPONENT_SECTIONS, FIXED_SECTIONS, RecipeTop
 from advtrain.errors import RecipeError, UserError, did_you_mean
+from advtrain.params import FractionError, check_range, parse_number
 from advtrain.registry import Registry
 
 TOP_KEYS = [f.name for f in dataclasses.fields(RecipeTop)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from advtrain.config.params import param
+from advtrain.params import param
 
 #: A run name is one file-name-safe path component (no '/', no leading '.', at most 100 characters).
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from advtrain.config.params import param
 from advtrain.data.arrays import MAX_CLASSES, load_npz, memory_limit
 from advtrain.data.batches import AUGMENTATIONS
 from advtrain.data.bundle import DataBundle, channel_stats, split_validation
 from advtrain.data.source import IMAGE_EXTENSIONS, ArraySource, FolderSource
 from advtrain.errors import DataError
+from advtrain.params import param
 from advtrain.registry import Registry
 
 DATASETS = Registry("dataset")

@@ -13,10 +13,10 @@ from typing import Any
 import timm
 from torch import nn
 
-from advtrain.config.params import param
 from advtrain.errors import UserError, did_you_mean
 from advtrain.models import cifar
 from advtrain.models.classifier import Classifier, Normalize
+from advtrain.params import param
 from advtrain.registry import Registry
 
 __all__ = ["MODEL_KWARGS", "MODELS", "Classifier", "ModelParams", "Normalize", "build_model", "is_known_model",

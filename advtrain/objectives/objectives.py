@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.config.params import param
 from advtrain.objectives.lastlayer import cross_entropy_grads, trades_grads
 from advtrain.objectives.losses import cross_entropy, kl_per_sample
+from advtrain.params import param
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from advtrain.attacks.perceptual.fast_lpa import fast_lpa
 from advtrain.objectives.objectives import AdversarialObjective
-from advtrain.perceptual.fast_lpa import fast_lpa
 
 
 class PerceptualObjective(AdversarialObjective):

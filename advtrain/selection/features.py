@@ -10,21 +10,13 @@ running statistics must not move.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from advtrain.train.device import autocast
-
-
-@dataclass
-class FeatureTiming:
-    """Seconds spent building adversarial points and last-layer gradients."""
-
-    attack_s: float = 0.0
-    features_s: float = 0.0
+from advtrain.runtime.device import autocast
+from advtrain.selection.coreset import SelectionTiming
 
 
 def _sync(device: torch.device) -> None:
@@ -42,7 +34,7 @@ def gradient_features(
     amp_dtype: torch.dtype | None = None,
     bias_only: bool = False,
     indices: Tensor | None = None,
-) -> tuple[Tensor, Tensor, FeatureTiming]:
+) -> tuple[Tensor, Tensor, SelectionTiming]:
     """Per-sample last-layer gradients at the objective's adversarial points.
 
     Returns ``(features (n, D) on device, labels (n,), timing)`` with rows in the order of
@@ -51,7 +43,7 @@ def gradient_features(
     from advtrain.data import iterate_batches
 
     indices = torch.arange(len(source)) if indices is None else indices
-    timing = FeatureTiming()
+    timing = SelectionTiming()
     rows: list[Tensor] = []
     labels: list[Tensor] = []
     was_training = model.training

@@ -31,7 +31,6 @@ each member gets B·w_b/|b|.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +38,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from advtrain.config.params import param
 from advtrain.errors import UserError
+from advtrain.params import param
 from advtrain.registry import Registry
+from advtrain.selection.coreset import Coreset
 from advtrain.selection.solvers import (
     FactorTooLarge,
     batch_omp,
@@ -73,15 +73,6 @@ class Candidates:
 
 # (candidates, budget in candidates, generator) → (candidate positions, weight of each pick in samples)
 Solver = Callable[[Candidates, int, torch.Generator], tuple[Tensor, Tensor]]
-
-
-@dataclass
-class Selection:
-    """Selected sample indices (ascending, unique, CPU int64) and their weights (float32, > 0)."""
-
-    indices: Tensor
-    weights: Tensor
-    solver_seconds: float
 
 
 @dataclass
@@ -233,9 +224,8 @@ def _select_group(rows: Tensor, features: Tensor, budget: int, solver: Solver, g
 
 
 def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: Tensor, *,
-                generator: torch.Generator, batch_size: int) -> Selection:
+                generator: torch.Generator, batch_size: int) -> Coreset:
     """Run ``solver`` over the groups and granularity the params ask for."""
-    start = time.perf_counter()
     labels = labels.cpu()
     n = len(labels)
     if len(features) != n:
@@ -254,20 +244,20 @@ def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: 
     indices = torch.cat([p[0] for p in parts])
     weights = torch.cat([p[1] for p in parts])
     order = torch.argsort(indices)
-    return Selection(indices[order], weights[order].float(), time.perf_counter() - start)
+    return Coreset(indices[order], weights[order].float())
 
 
 @SELECTORS.register("full")
 def select_full(params: None, features: Tensor, labels: Tensor, *, generator: torch.Generator,
-                batch_size: int) -> Selection:
+                batch_size: int) -> Coreset:
     """Every sample, unit weights (plain adversarial training)."""
     indices, weights = full_subset(len(labels))
-    return Selection(indices, weights, 0.0)
+    return Coreset(indices, weights)
 
 
 @SELECTORS.register("random", RandomParams)
 def select_random(params: RandomParams, features: Tensor, labels: Tensor, *, generator: torch.Generator,
-                  batch_size: int) -> Selection:
+                  batch_size: int) -> Coreset:
     """Uniformly random subset, re-drawn at every selection, unit weights."""
 
     def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -281,7 +271,7 @@ def select_random(params: RandomParams, features: Tensor, labels: Tensor, *, gen
 
 @SELECTORS.register("craig", CraigParams)
 def select_craig(params: CraigParams, features: Tensor, labels: Tensor, *, generator: torch.Generator,
-                 batch_size: int) -> Selection:
+                 batch_size: int) -> Coreset:
     """Adversarial CRAIG: facility location on last-layer gradient features."""
 
     def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -296,7 +286,7 @@ def select_craig(params: CraigParams, features: Tensor, labels: Tensor, *, gener
 
 @SELECTORS.register("gradmatch", GradMatchParams)
 def select_gradmatch(params: GradMatchParams, features: Tensor, labels: Tensor, *, generator: torch.Generator,
-                     batch_size: int) -> Selection:
+                     batch_size: int) -> Coreset:
     """Adversarial GradMatch: OMP on last-layer gradient features."""
 
     def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -21,26 +21,25 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from advtrain import build
 from advtrain.config.load import Recipe
 from advtrain.errors import CheckpointError, DivergenceError, UserError
 from advtrain.eval.robust import EvalResult, evaluate
 from advtrain.io import checkpoint as ckpt_io
+from advtrain.io.run_folder import RunFolder, new_run_id
 from advtrain.objectives import weighted_mean
-from advtrain.train import distributed
-from advtrain.train import setup as build
-from advtrain.train.device import (
+from advtrain.runtime import distributed
+from advtrain.runtime.device import (
     CUDA_OUT_OF_MEMORY,
     autocast,
-    derive_seed,
     enable_cuda_autotuning,
-    generator,
     keeps_data_on_device,
     pick_device,
     prefers_channels_last,
     resolve_precision,
-    seed_everything,
 )
-from advtrain.train.run_folder import RunFolder, new_run_id
+from advtrain.runtime.seeding import derive_seed, generator, seed_everything
+from advtrain.selection import Coreset
 from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
 from advtrain.ui.console import Reporter
 
@@ -50,15 +49,6 @@ RESUMABLE_KEYS = ("name", "device", "output", "eval")
 
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped training after a step; a resumable checkpoint was written."""
-
-
-@dataclass
-class Coreset:
-    """The current weighted subset: sample indices into the training split and their weights."""
-
-    indices: Tensor
-    weights: Tensor
-    epoch: int
 
 
 @dataclass
@@ -107,7 +97,7 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 
 
 def check_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> RunFolder:
-    """Claim (lock) the run folder for this process; see :class:`~advtrain.train.run_folder.RunFolder`."""
+    """Claim (lock) the run folder for this process; see :class:`~advtrain.io.run_folder.RunFolder`."""
     return RunFolder.claim(out_dir, resuming=resuming, overwrite=overwrite)
 
 
@@ -517,7 +507,7 @@ class Trainer:
 
     def select(self, epoch: int) -> dict[str, float]:
         """Attack the whole training set, take last-layer gradients, solve for the coreset."""
-        from advtrain.selection.coreset import select_coreset
+        from advtrain.selection.full_pass import select_coreset
 
         selector = self.recipe.components["selector"]
         # The selection pass draws its own attack starts, so training randomness is the same
@@ -525,24 +515,25 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derive_seed(self.recipe.seed, "select-attack", epoch))
-            result = select_coreset(self.model, self.selection_objective, selector, self.data, seed=self.recipe.seed,
-                                    epoch=epoch, device=self.device, amp_dtype=self.amp_dtype, ctx=self.dist)
-        self.coreset = Coreset(result.indices, result.weights, epoch)
-        self._write_coreset(epoch, result.labels)
-        info = result.timing()
+            coreset, timing = select_coreset(self.model, self.selection_objective, selector, self.data,
+                                             seed=self.recipe.seed, epoch=epoch, device=self.device,
+                                             amp_dtype=self.amp_dtype, ctx=self.dist)
+        self.coreset = coreset
+        self._write_coreset(epoch)
+        info = timing.record(len(coreset))
         self.reporter.message(
             f"selected {info['size']} of {len(self.data.train)} samples with {selector.name} at epoch "
-            f"{epoch + 1}: attack {result.attack_s:.1f}s, features {result.features_s:.1f}s, "
-            f"solver {result.solver_s:.2f}s")
+            f"{epoch + 1}: attack {timing.attack_s:.1f}s, features {timing.features_s:.1f}s, "
+            f"solver {timing.solver_s:.2f}s")
         return info
 
-    def _write_coreset(self, epoch: int, labels: Tensor) -> None:
+    def _write_coreset(self, epoch: int) -> None:
         assert self.coreset is not None
         if not self.dist.is_main:
             return
         path = self.out_dir / "coreset" / f"epoch_{epoch:03d}.npz"
         arrays = {"indices": self.coreset.indices.numpy(), "weights": self.coreset.weights.numpy(),
-                  "labels": labels[self.coreset.indices].numpy(), "epoch": np.array(epoch)}
+                  "labels": self.coreset.labels.numpy(), "epoch": np.array(epoch)}
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from advtrain.config.params import param
+from advtrain.params import param
 from advtrain.registry import Registry
 
 LR_SCHEDULES = Registry("lr schedule")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advtrain.config.params import param
+from advtrain.params import param
 from advtrain.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")

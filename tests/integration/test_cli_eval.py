@@ -30,7 +30,7 @@ def test_eval_writes_report_files(cli, tiny_checkpoint, tmp_path):
     assert len(report["per_class_clean_acc"]) == 4
     assert report["union_acc"] <= min(report["robust_acc"].values())
     # per-example results: indices and packed bits per attack give back every accuracy and the union
-    from advtrain.eval.report import per_example
+    from advtrain.reports.evaluation import per_example
 
     bits = {row["name"]: per_example(row) for row in report["attacks"]}
     assert all(list(b) == list(range(16)) for b in bits.values())

@@ -33,7 +33,7 @@ def test_training_steps_make_no_host_sync(tmp_path, objective):
     """Between two statistics reads the hot loop never waits for the GPU (CUDA's sync debug mode errors)."""
     from advtrain.config.load import validate
     from advtrain.data import iterate_batches
-    from advtrain.train.device import generator
+    from advtrain.runtime.seeding import generator
     from advtrain.train.loop import Trainer
     from advtrain.train.step_monitor import StepMonitor
     from advtrain.ui.console import SilentReporter

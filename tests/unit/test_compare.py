@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from advtrain.compare import (
+from advtrain.errors import UserError
+from advtrain.reports.compare import (
     compare_runs,
     ideal_speedup,
     load_run,
@@ -17,8 +18,7 @@ from advtrain.compare import (
     relative_robust_error,
     run_compare,
 )
-from advtrain.errors import UserError
-from advtrain.train.report import epoch_seconds, loop_seconds, speedup_estimate
+from advtrain.reports.run import epoch_seconds, loop_seconds, speedup_estimate
 
 
 def _recipe(selector: str, fraction: float, seed: int, *, data: str = "digits", eps: float | str = 0.2,

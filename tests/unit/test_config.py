@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from advtrain.config.load import apply_overrides, load_recipe, parse_override, recipes_dir, validate
-from advtrain.config.params import parse_number
 from advtrain.errors import RecipeError, UserError
+from advtrain.params import parse_number
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 # Cases that need the run stage or command-line arguments go through the CLI only (test_bad_input_corpus).

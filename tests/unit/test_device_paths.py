@@ -20,7 +20,8 @@ from advtrain.data import ArraySource, iterate_batches
 from advtrain.data.source import to_unit_float
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.models import build_model
-from advtrain.train.device import autocast, generator
+from advtrain.runtime.device import autocast
+from advtrain.runtime.seeding import generator
 from advtrain.train.loop import Trainer
 from advtrain.train.step_monitor import StepMonitor, grads_finite
 from advtrain.ui.console import SilentReporter

@@ -10,11 +10,18 @@ import torch
 from torch import nn
 
 from advtrain.attacks.fgsm import FGSMParams
+from advtrain.attacks.perceptual.fast_lpa import FastLPAParams
 from advtrain.attacks.pgd import PGDParams
 from advtrain.attacks.presets import STEP_RULE, Ball, checkpoint_balls, list_eval_presets, resolve_eval_attack, step_for
-from advtrain.eval.report import eval_markdown, eval_record, masking_warnings, pack_bits, per_example, unpack_bits
 from advtrain.eval.robust import AttackResult, EvalResult, evaluate
-from advtrain.perceptual.fast_lpa import FastLPAParams
+from advtrain.reports.evaluation import (
+    eval_markdown,
+    eval_record,
+    masking_warnings,
+    pack_bits,
+    per_example,
+    unpack_bits,
+)
 
 # --- the step rule ------------------------------------------------------------------------------------
 

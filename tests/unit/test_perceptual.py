@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from advtrain.attacks.losses import margin_loss
+from advtrain.attacks.perceptual import FastLPAParams, PerceptualDistance, fast_lpa
+from advtrain.attacks.perceptual.distance import LpipsBackbone, self_extractor
 from advtrain.errors import UserError
 from advtrain.models import build_model
-from advtrain.perceptual import FastLPAParams, PerceptualDistance, fast_lpa
-from advtrain.perceptual.distance import LpipsBackbone, self_extractor
 
 
 def _model(name: str = "small_cnn"):

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from advtrain.attacks.losses import margin_loss
+from advtrain.attacks.perceptual.distance import PerceptualDistance, self_extractor
+from advtrain.attacks.perceptual.lpa import LPAParams, lpa
+from advtrain.attacks.perceptual.ppgd import PPGDParams, conjugate_gradient, ppgd
+from advtrain.attacks.perceptual.projection import project_lpips
 from advtrain.attacks.presets import GROUPS, resolve_eval_attack, resolve_eval_attacks
 from advtrain.data import ArraySource
 from advtrain.errors import UserError
 from advtrain.eval.robust import evaluate
 from advtrain.models import build_model
-from advtrain.perceptual.distance import PerceptualDistance, self_extractor
-from advtrain.perceptual.lpa import LPAParams, lpa
-from advtrain.perceptual.ppgd import PPGDParams, conjugate_gradient, ppgd
-from advtrain.perceptual.projection import project_lpips
 
 
 def _model(channels: int = 3, seed: int = 0):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from advtrain import build
 from advtrain.config.load import load_recipe, recipe_from_yaml_text
 from advtrain.errors import RecipeError
-from advtrain.train import setup as build
 
 TINY = str(Path(__file__).resolve().parents[1] / "assets" / "tiny.yaml")
 
@@ -66,7 +66,7 @@ def test_selection_attack_needs_an_adversarial_objective_and_a_feature_selector(
 
 
 def test_the_loop_selects_with_the_selection_attack(monkeypatch, tmp_path):
-    import advtrain.selection.coreset as coreset
+    import advtrain.selection.full_pass as coreset
     from advtrain.train.loop import Trainer
     from advtrain.ui.console import SilentReporter
 

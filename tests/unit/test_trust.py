@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from advtrain.config.load import interpolation_problem, recipe_from_yaml_text, section_registry, validate
-from advtrain.config.params import INT_LIMIT, check_range, param, parse_number
 from advtrain.config.schema import FIXED_SECTIONS, RecipeTop
 from advtrain.errors import CheckpointError, RecipeError
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.models import MODEL_KWARGS, ModelParams, model_kwargs_problems
+from advtrain.params import INT_LIMIT, check_range, param, parse_number
 
 #: Fields checked elsewhere than by a range: registry names, the kwargs allow-list, eval attack names,
 #: the selection attack (validated as an attack section, with that attack's own ranges).

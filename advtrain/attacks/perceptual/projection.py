@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, per_sample_view
 from advtrain.attacks.losses import margin_loss
-from advtrain.perceptual.distance import PerceptualDistance
+from advtrain.attacks.perceptual.distance import PerceptualDistance
 
 #: Newton aims this fraction below the bound, so that one step usually lands inside despite curvature.
 UNDERSHOOT = 0.01

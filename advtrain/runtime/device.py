@@ -1,13 +1,10 @@
-"""Device, precision and seeding helpers."""
+"""Device and precision: which device a run uses, autocast, memory format, cuDNN autotuning."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import random
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from advtrain.errors import UserError
@@ -84,23 +81,3 @@ def enable_cuda_autotuning(device: torch.device) -> None:
     """Let cuDNN time its convolution algorithms for the (fixed) training shapes. CUDA only."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A stable 63-bit seed from the run seed and a purpose (e.g. ``("epoch", 3)``)."""
-    text = ":".join(map(str, (seed, *parts))).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & (2**63 - 1)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator seeded with ``seed`` (explicit randomness, never the global one)."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen

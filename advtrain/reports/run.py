@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import Any
 
 from advtrain import __version__
-from advtrain.eval.report import eval_record, plot_curves, run_markdown, write_json
 from advtrain.io.checkpoint import write_atomically
+from advtrain.reports.evaluation import eval_record, percent, write_json
 
 
 def loop_seconds(metrics: list[dict[str, Any]]) -> tuple[float, float, float]:
@@ -81,3 +82,65 @@ def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
         plot_curves(out / "curves.png", metrics)
     write_json(out / "report.json", report)  # last: its presence marks a finished run (RunFolder.is_finished)
     return report
+
+
+def plot_curves(path: Path, metrics: list[dict]) -> None:
+    """Training loss and validation accuracies per epoch, with selection epochs marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    trained = [m for m in metrics if m.get("phase") != "skip"]
+    ax_loss.plot([m["epoch"] + 1 for m in trained], [m["train_loss"] for m in trained], marker=".")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    keys = sorted({k for m in metrics for k in (m.get("val") or {})})
+    for key in keys:
+        pts = [(m["epoch"] + 1, m["val"][key]) for m in metrics if m.get("val") and key in m["val"]]
+        ax_acc.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=key)
+    for m in metrics:
+        if m.get("selection"):
+            for ax in (ax_loss, ax_acc):
+                ax.axvline(m["epoch"] + 1, color="grey", alpha=0.3, linestyle="--")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("val accuracy (%)")
+    if keys:
+        ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def run_markdown(report: dict) -> str:
+    """A Markdown page for a finished training run."""
+    lines = [
+        f"# Run report: {report['name']}",
+        "",
+        f"- model {report['model']} on {report['dataset']}; objective {report['objective']}, "
+        f"attack {report['attack']}, selector {report['selector']}",
+        f"- epochs run: {report['epochs_run']}; wall time {report['wall_seconds']:.1f}s; "
+        f"selection {report['selection_seconds']:.1f}s ({report['selection_share']:.1%})",
+        f"- best validation metric {report['best_metric']} at epoch {report['best_epoch']}",
+    ]
+    speed = report.get("speedup")
+    if speed:
+        lines.append(
+            f"- coreset epoch {speed['coreset_epoch_s']:.2f}s vs full epoch {speed['full_epoch_s']:.2f}s "
+            f"({speed['epoch_ratio']:.0%}); training loop {speed['loop_s']:.1f}s (selection "
+            f"{speed['selection_share']:.1%}) vs an estimated {speed['estimated_full_loop_s']:.1f}s for full "
+            f"training of the same schedule: speed-up {speed['speedup']:.2f}×")
+    lines += [
+        f"- final validation: {', '.join(f'{k} {percent(v)}' for k, v in (report['final_val'] or {}).items())}",
+        f"- advtrain {__version__}",
+    ]
+    test = report.get("test")
+    if test:
+        lines += ["", f"## Test split (first {test['n_examples']} examples, last model, fp32)", "",
+                  "| attack | robust acc |", "|---|---|", f"| clean | {percent(test['clean_acc'])} |"]
+        for name, acc in test["robust_acc"].items():
+            lines.append(f"| {name} | {percent(acc)} |")
+    return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ most increases the loss for a given LPIPS length s is δ ∝ (JᵀJ)⁻¹∇L, s
 solve (JᵀJ)u = ∇L with a few conjugate-gradient iterations, using only products JᵀJ v: J v by a
 finite difference of φ along v (normalised, so the difference stays local whatever the scale of v)
 and Jᵀ(J v) by one backward pass through the graph of φ. Each step is followed by projection onto
-the ball (:func:`~advtrain.perceptual.projection.project_lpips`), so every iterate is in the threat
+the ball (:func:`~advtrain.attacks.perceptual.projection.project_lpips`), so every iterate is in the threat
 model; evaluation keeps, per example, the worst iterate (misclassified first, then highest margin).
 """
 
@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view
 from advtrain.attacks.losses import margin_loss
-from advtrain.config.params import param
-from advtrain.perceptual.distance import LPIPS_NETWORKS, PerceptualDistance, build_distance
-from advtrain.perceptual.projection import offer_final, project_lpips
+from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, PerceptualDistance, build_distance
+from advtrain.attacks.perceptual.projection import offer_final, project_lpips
+from advtrain.params import param
 
 #: Length (in pixel space, along a unit direction) of the finite difference that estimates J v.
 FINITE_DIFFERENCE = 1e-3

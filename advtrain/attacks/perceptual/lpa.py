@@ -4,7 +4,7 @@ Minimises −min(margin, κ) + λ·max(0, d(x, x') − bound) with normalised-gr
 LPIPS length decays from ``step`` to ``step``/10 (the change of d along the direction is a finite
 difference). λ starts small and is multiplied by 10 after each round for the examples that are
 still over the bound; an example stops moving once it is misclassified inside the bound. The
-final point is projected onto the ball (:func:`~advtrain.perceptual.projection.project_lpips`), and
+final point is projected onto the ball (:func:`~advtrain.attacks.perceptual.projection.project_lpips`), and
 evaluation keeps, per example, the worst point seen *inside* the ball, so the bound always holds.
 """
 
@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view
 from advtrain.attacks.losses import margin_loss
-from advtrain.config.params import param
-from advtrain.perceptual.distance import LPIPS_NETWORKS, build_distance
-from advtrain.perceptual.projection import offer_final, project_lpips
+from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, build_distance
+from advtrain.attacks.perceptual.projection import offer_final, project_lpips
+from advtrain.params import param
 
 #: Length of the finite difference that measures how fast d changes along the step direction.
 FINITE_DIFFERENCE = 0.1

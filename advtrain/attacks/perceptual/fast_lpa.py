@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.config.params import param
-from advtrain.perceptual.distance import LPIPS_NETWORKS, build_distance
+from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, build_distance
+from advtrain.params import param
 
 FINITE_DIFFERENCE = 0.1
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from advtrain.config.params import FractionError, parse_number
 from advtrain.errors import UserError
-from advtrain.train.report import epoch_seconds, loop_seconds
+from advtrain.params import FractionError, parse_number
+from advtrain.reports.run import epoch_seconds, loop_seconds
 
 #: Keys that may differ between runs that are compared (seed groups ignore them too).
 __all__ = ["compare_runs", "epoch_seconds", "ideal_speedup", "load_run", "loop_seconds", "paired_difference",
@@ -446,8 +446,8 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
 def run_compare(run_dirs: Sequence[Path], out: Path | None, attack: str | None = None) -> dict[str, Any]:
     """Read, compare and write ``compare.{md,json}`` and ``tradeoff.png`` into ``out``."""
-    from advtrain.eval.report import write_json
     from advtrain.io.checkpoint import write_atomically
+    from advtrain.reports.evaluation import write_json
 
     if not run_dirs:
         raise UserError("give at least one run folder, e.g. `advtrain compare runs/full runs/gradmatch`.")

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advtrain import build
 from advtrain.config.load import load_recipe
 from advtrain.io import checkpoint as ckpt_io
-from advtrain.selection.coreset import select_coreset
-from advtrain.train import setup as build
-from advtrain.train.device import pick_device, resolve_precision, seed_everything
+from advtrain.runtime.device import pick_device, resolve_precision
+from advtrain.runtime.seeding import seed_everything
+from advtrain.selection.full_pass import select_coreset
 
 
 def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | None, out: Path,
@@ -33,16 +34,16 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
     model = model.to(dev)
     selector = recipe.components["selector"]
     objective = build.build_selection_objective(recipe, build.build_objective(recipe))
-    result = select_coreset(model, objective, selector, data, seed=recipe.seed,
+    coreset, timing = select_coreset(model, objective, selector, data, seed=recipe.seed,
                             epoch=epoch, device=dev, amp_dtype=resolve_precision(recipe.precision, dev))
-    hist = torch.bincount(result.labels[result.indices], minlength=data.num_classes).numpy()
-    full_hist = torch.bincount(result.labels, minlength=data.num_classes).numpy()
+    hist = torch.bincount(coreset.labels, minlength=data.num_classes).numpy()
+    full_hist = torch.bincount(data.train.labels.cpu(), minlength=data.num_classes).numpy()
     arrays = {
-        "indices": result.indices.numpy(), "weights": result.weights.numpy(),
-        "labels": result.labels[result.indices].numpy(), "label_histogram": hist,
+        "indices": coreset.indices.numpy(), "weights": coreset.weights.numpy(),
+        "labels": coreset.labels.numpy(), "label_histogram": hist,
         "train_label_histogram": full_hist, "n_train": np.array(len(data.train)),
         "epoch": np.array(epoch), "selector": np.array(selector.name),
-        **{k: np.array(v) for k, v in result.timing().items()},
+        **{k: np.array(v) for k, v in timing.record(len(coreset)).items()},
     }
 
     def write(tmp: Path) -> None:
@@ -53,7 +54,7 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
     console.print_table(
         f"{selector.name} selection on {recipe.components['data'].name} ({len(data.train)} samples)",
         ["selected", "weight sum", "attack", "features", "solver", "per-class counts"],
-        [(len(result.indices), f"{float(result.weights.sum()):.1f}", f"{result.attack_s:.2f}s",
-          f"{result.features_s:.2f}s", f"{result.solver_s:.3f}s", " ".join(map(str, hist.tolist())))])
+        [(len(coreset), f"{float(coreset.weights.sum()):.1f}", f"{timing.attack_s:.2f}s",
+          f"{timing.features_s:.2f}s", f"{timing.solver_s:.3f}s", " ".join(map(str, hist.tolist())))])
     console.info(f"wrote {out}")
     return arrays

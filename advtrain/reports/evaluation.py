@@ -1,8 +1,8 @@
-"""Reports: RobustBench-style JSON, a Markdown summary and PNG plots.
+"""The evaluation report: RobustBench-style JSON, a Markdown summary and the ε-sweep plot.
 
 JSON is the machine-readable record (eps kept both as written, e.g. ``"8/255"``, and as a float);
-Markdown is what a person pastes into a paper draft; the plots are the robust-accuracy-vs-ε curve
-(paper Fig. 2) and the training curves.
+Markdown is what a person pastes into a paper draft; the plot is the robust-accuracy-vs-ε curve
+(paper Fig. 2).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from advtrain import __version__
 from advtrain.attacks.autoattack import GRADIENT_STAGES
 from advtrain.attacks.presets import STEP_RULE
 from advtrain.eval.robust import EvalResult
@@ -206,7 +205,7 @@ def write_json(path: Path, record: dict) -> None:
     write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "" if value is None else f"{value:.1%}"
 
 
@@ -233,17 +232,17 @@ def eval_markdown(report: dict) -> str:
         "",
         "| attack | ball (ε from) | description | accuracy | time (s) |",
         "|---|---|---|---|---|",
-        f"| clean | none | no attack | {_pct(report['clean_acc'])} | |",
+        f"| clean | none | no attack | {percent(report['clean_acc'])} | |",
     ]
     for row in report["attacks"]:
         if row["name"] == "clean":
             continue
-        lines.append(f"| {row['name']} | {_ball(row)} | {row['description']} | {_pct(row['robust_acc'])} | "
+        lines.append(f"| {row['name']} | {_ball(row)} | {row['description']} | {percent(row['robust_acc'])} | "
                      f"{row['seconds']:.1f} |")
     if report.get("union_acc") is not None:
-        lines.append(f"| union | | correct under every attack | {_pct(report['union_acc'])} | |")
+        lines.append(f"| union | | correct under every attack | {percent(report['union_acc'])} | |")
     for group, acc in (report.get("union_acc_by_group") or {}).items():
-        lines.append(f"| union of {group} | | correct under every {group} attack | {_pct(acc)} | |")
+        lines.append(f"| union of {group} | | correct under every {group} attack | {percent(acc)} | |")
     staged = [row for row in report["attacks"] if row.get("stage_acc")]
     if staged:
         lines += ["", "## AutoAttack, accuracy after each stage", "",
@@ -251,12 +250,12 @@ def eval_markdown(report: dict) -> str:
                   "| attack | " + " | ".join(_STAGE_LABEL.values()) + " |",
                   "|---|" + "---|" * len(_STAGE_LABEL)]
         for row in staged:
-            cells = " | ".join(_pct(row["stage_acc"].get(k)) for k in _STAGE_LABEL)
+            cells = " | ".join(percent(row["stage_acc"].get(k)) for k in _STAGE_LABEL)
             lines.append(f"| {row['name']}{'' if row.get('standard', True) else ' (non-standard)'} | {cells} |")
     if report.get("eps_sweep"):
         lines += ["", "## Robust accuracy vs ε", "", "| ε | attack | accuracy |", "|---|---|---|"]
         for row in report["eps_sweep"]:
-            lines.append(f"| {row['eps']} | {row['attack']} | {_pct(row['robust_acc'])} |")
+            lines.append(f"| {row['eps']} | {row['attack']} | {percent(row['robust_acc'])} |")
     if report.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     if report.get("dataset_note"):
@@ -283,65 +282,3 @@ def plot_eps_sweep(path: Path, sweep: list[dict]) -> None:
     fig.tight_layout()
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-
-
-def plot_curves(path: Path, metrics: list[dict]) -> None:
-    """Training loss and validation accuracies per epoch, with selection epochs marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    trained = [m for m in metrics if m.get("phase") != "skip"]
-    ax_loss.plot([m["epoch"] + 1 for m in trained], [m["train_loss"] for m in trained], marker=".")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("training loss")
-    keys = sorted({k for m in metrics for k in (m.get("val") or {})})
-    for key in keys:
-        pts = [(m["epoch"] + 1, m["val"][key]) for m in metrics if m.get("val") and key in m["val"]]
-        ax_acc.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=key)
-    for m in metrics:
-        if m.get("selection"):
-            for ax in (ax_loss, ax_acc):
-                ax.axvline(m["epoch"] + 1, color="grey", alpha=0.3, linestyle="--")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("val accuracy (%)")
-    if keys:
-        ax_acc.legend()
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-
-
-def run_markdown(report: dict) -> str:
-    """A Markdown page for a finished training run."""
-    lines = [
-        f"# Run report: {report['name']}",
-        "",
-        f"- model {report['model']} on {report['dataset']}; objective {report['objective']}, "
-        f"attack {report['attack']}, selector {report['selector']}",
-        f"- epochs run: {report['epochs_run']}; wall time {report['wall_seconds']:.1f}s; "
-        f"selection {report['selection_seconds']:.1f}s ({report['selection_share']:.1%})",
-        f"- best validation metric {report['best_metric']} at epoch {report['best_epoch']}",
-    ]
-    speed = report.get("speedup")
-    if speed:
-        lines.append(
-            f"- coreset epoch {speed['coreset_epoch_s']:.2f}s vs full epoch {speed['full_epoch_s']:.2f}s "
-            f"({speed['epoch_ratio']:.0%}); training loop {speed['loop_s']:.1f}s (selection "
-            f"{speed['selection_share']:.1%}) vs an estimated {speed['estimated_full_loop_s']:.1f}s for full "
-            f"training of the same schedule: speed-up {speed['speedup']:.2f}×")
-    lines += [
-        f"- final validation: {', '.join(f'{k} {_pct(v)}' for k, v in (report['final_val'] or {}).items())}",
-        f"- advtrain {__version__}",
-    ]
-    test = report.get("test")
-    if test:
-        lines += ["", f"## Test split (first {test['n_examples']} examples, last model, fp32)", "",
-                  "| attack | robust acc |", "|---|---|", f"| clean | {_pct(test['clean_acc'])} |"]
-        for name, acc in test["robust_acc"].items():
-            lines.append(f"| {name} | {_pct(acc)} |")
-    return "\n".join(lines) + "\n"

@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
-from advtrain import __version__
+from advtrain import __version__, build
 from advtrain.config.load import apply_overrides, recipe_from_yaml_text, validate
-from advtrain.config.params import FractionError, parse_number
 from advtrain.errors import UserError
-from advtrain.eval.report import (
+from advtrain.eval.robust import evaluate
+from advtrain.io import checkpoint as ckpt_io
+from advtrain.params import FractionError, parse_number
+from advtrain.reports.evaluation import (
     _fraction,
     eval_markdown,
     eval_record,
@@ -21,10 +23,8 @@ from advtrain.eval.report import (
     threat_model,
     write_json,
 )
-from advtrain.eval.robust import evaluate
-from advtrain.io import checkpoint as ckpt_io
-from advtrain.train import setup as build
-from advtrain.train.device import pick_device, seed_everything
+from advtrain.runtime.device import pick_device
+from advtrain.runtime.seeding import seed_everything
 
 
 def newest_checkpoint(root: Path = Path("runs")) -> Path:

@@ -1,0 +1,1 @@
+"""Reports: one evaluation, one finished run, and a comparison of runs."""

@@ -1,0 +1,1 @@
+"""Where a process runs: device and precision, seeding, data parallelism, signals."""
