@@ -45,7 +45,7 @@ def build_data(recipe: Recipe) -> Any:
 
     data = recipe.components["data"]
     with building("data", data.name):
-        return DATASETS.get(data.name).builder(data.params)
+        return DATASETS.get(data.name).constructor(data.params)
 
 
 def build_model_for(recipe: Recipe, data: Any, *, weights_from_checkpoint: bool = False) -> nn.Module:
@@ -98,7 +98,7 @@ def build_objective(recipe: Recipe) -> Any:
     objective = recipe.components["objective"]
     entry = OBJECTIVES.get(objective.name)
     with building("objective", objective.name):
-        return entry.builder(objective.params, recipe.components["attack"])
+        return entry.constructor(objective.params, recipe.components["attack"])
 
 
 def build_selection_objective(recipe: Recipe, objective: Any) -> Any:
@@ -115,7 +115,7 @@ def build_selection_objective(recipe: Recipe, objective: Any) -> Any:
     name = values.pop("name")
     attack = Component(name, ATTACKS.get(name).params(**values))
     section = recipe.components["objective"]
-    return OBJECTIVES.get(section.name).builder(section.params, attack)
+    return OBJECTIVES.get(section.name).constructor(section.params, attack)
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
@@ -123,7 +123,7 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
 
     optim = recipe.components["optim"]
     with building("optim", optim.name):
-        return OPTIMIZERS.get(optim.name).builder(optim.params, model)
+        return OPTIMIZERS.get(optim.name).constructor(optim.params, model)
 
 
 def build_lr_schedule(recipe: Recipe) -> Any:
@@ -131,7 +131,7 @@ def build_lr_schedule(recipe: Recipe) -> Any:
 
     sched = recipe.components["lr_schedule"]
     with building("lr_schedule", sched.name):
-        return LR_SCHEDULES.get(sched.name).builder(sched.params)
+        return LR_SCHEDULES.get(sched.name).constructor(sched.params)
 
 
 def build_eval_attacks(names: list[str], **overrides: Any) -> list[Any]:

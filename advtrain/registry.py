@@ -1,7 +1,8 @@
 """One registry per component kind (fvcore-style, with did-you-mean hints).
 
-A registry maps a short name (as written in recipes) to a builder and the dataclass holding that
-component's parameters. Registering a name twice is an error, and an unknown name lists the
+A registry maps a short name (as written in recipes) to a constructor and the dataclass holding
+that component's parameters: ``REGISTRY.get(name).build(params, **deps)`` is the one way to make a
+component, and what it returns is the component itself (an attack, an objective, a selector, ...). Registering a name twice is an error, and an unknown name lists the
 choices and the closest match, so a typo in a recipe never silently picks something else.
 """
 
@@ -19,16 +20,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered component: its name, builder, params dataclass and one-line summary."""
+    """A registered component: its name, constructor, params dataclass and one-line summary."""
 
     name: str
-    builder: Callable[..., Any]
+    constructor: Callable[..., Any]
     params: type | None
     summary: str
 
     def default_params(self) -> Any:
         """A params instance with every default filled in (None when it takes no params)."""
         return self.params() if self.params is not None else None
+
+    def build(self, params: Any = None, /, **deps: Any) -> Any:
+        """The component, from its validated ``params`` (default: every default) and what it needs
+        from other components (``deps``, e.g. an objective's attack)."""
+        return self.constructor(self.default_params() if params is None else params, **deps)
 
 
 class UnknownComponentError(UserError):
@@ -38,7 +44,7 @@ class UnknownComponentError(UserError):
 
 
 class Registry:
-    """Names → builders for one kind of component (datasets, attacks, selectors, ...)."""
+    """Names → constructors for one kind of component (datasets, attacks, selectors, ...)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -47,20 +53,20 @@ class Registry:
     def register(self, name: str, params: type | None = None) -> Callable[[F], F]:
         """Decorator form of :meth:`add`."""
 
-        def decorate(builder: F) -> F:
-            self.add(name, builder, params)
-            return builder
+        def decorate(constructor: F) -> F:
+            self.add(name, constructor, params)
+            return constructor
 
         return decorate
 
-    def add(self, name: str, builder: Callable[..., Any], params: type | None = None) -> None:
-        """Register ``builder`` under ``name``; a second registration of a name is an error."""
+    def add(self, name: str, constructor: Callable[..., Any], params: type | None = None) -> None:
+        """Register ``constructor`` under ``name``; a second registration of a name is an error."""
         if name in self._entries:
             raise ValueError(f"{self.kind} '{name}' is already registered")
         if params is not None and not dataclasses.is_dataclass(params):
             raise TypeError(f"params of {self.kind} '{name}' must be a dataclass")
-        doc = (builder.__doc__ or "").strip().splitlines()
-        self._entries[name] = Entry(name, builder, params, doc[0] if doc else "")
+        doc = (constructor.__doc__ or "").strip().splitlines()
+        self._entries[name] = Entry(name, constructor, params, doc[0] if doc else "")
 
     def get(self, name: str) -> Entry:
         """The entry for ``name``; raises :class:`UnknownComponentError` with the choices."""

@@ -154,7 +154,7 @@ def _record_matching_errors(sink: list[float]) -> None:
     entry = SELECTORS.get("gradmatch")
 
     def builder(params, features, labels, **kwargs):
-        sel = entry.builder(params, features, labels, **kwargs)
+        sel = entry.constructor(params, features, labels, **kwargs)
         feats = features.cpu().double()
         groups = [labels == c for c in labels.unique()] if params.per_class else [torch.ones_like(labels, dtype=bool)]
         target = torch.cat([feats[g].sum(0) for g in groups])

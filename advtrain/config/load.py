@@ -396,7 +396,7 @@ def _check_selection_attack(components: dict[str, Component | None], problems: l
     from advtrain.attacks import ATTACKS
     from advtrain.objectives import OBJECTIVES
 
-    allowed = getattr(OBJECTIVES.get(objective.name).builder, "attacks", ())
+    allowed = getattr(OBJECTIVES.get(objective.name).constructor, "attacks", ())
     if not allowed or attack is None:
         problems.append(f"selector.attack: objective '{objective.name}' selects on clean points (it has no "
                         f"attack); remove selector.attack")
@@ -515,7 +515,7 @@ def _cross_checks(components: dict[str, Component | None], fixed: dict[str, Any]
     objective = components["objective"]
     attack = components["attack"]
     if objective is not None:
-        spec = OBJECTIVES.get(objective.name).builder
+        spec = OBJECTIVES.get(objective.name).constructor
         allowed = getattr(spec, "attacks", ())
         if allowed and attack is None:
             problems.append(f"attack: objective '{objective.name}' needs an attack section "

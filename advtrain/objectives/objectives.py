@@ -77,7 +77,7 @@ class AdversarialObjective:
 
         self.params = params
         self.attack_params = attack.params
-        self.attack_fn = ATTACKS.get(attack.name).builder
+        self.attack_fn = ATTACKS.get(attack.name).constructor
 
     def attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return self.attack_fn(model, x, y, self.attack_params)

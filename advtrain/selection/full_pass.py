@@ -45,7 +45,7 @@ def select_coreset(model: nn.Module, objective: Any, selector: Any, data: Any, *
     solve_start = time.perf_counter()
     indices = weights = None
     if ctx.is_main:
-        result = SELECTORS.get(selector.name).builder(params, feats, labels,
+        result = SELECTORS.get(selector.name).constructor(params, feats, labels,
                                                        generator=generator(derive_seed(seed, "select", epoch)),
                                                        batch_size=data.batch_size)
         indices, weights = result.indices, result.weights.float()

@@ -28,7 +28,7 @@ def _batch():
 
 def _trades(beta: float):
     attack = Component("pgd", PGDParams(eps=8 / 255, alpha=2 / 255, steps=3))
-    return OBJECTIVES.get("trades").builder(TradesParams(beta=beta), attack)
+    return OBJECTIVES.get("trades").constructor(TradesParams(beta=beta), attack)
 
 
 def test_trades_with_beta_zero_is_clean_cross_entropy():
@@ -77,7 +77,7 @@ def test_adversarial_objectives_give_per_sample_losses_and_restore_mode(name, at
 
     model, (x, y) = _model().train(), _batch()
     component = Component(attack, ATTACKS.get(attack).default_params()) if attack else None
-    out = OBJECTIVES.get(name).builder(None, component).loss(model, x, y)
+    out = OBJECTIVES.get(name).constructor(None, component).loss(model, x, y)
     assert out.losses.shape == (6,) and model.training
     if name == "adversarial":
         clean = F.cross_entropy(model(x), y, reduction="none")
