@@ -2,8 +2,9 @@
 
 A registry maps a short name (as written in recipes) to a constructor and the dataclass holding
 that component's parameters: ``REGISTRY.get(name).build(params, **deps)`` is the one way to make a
-component, and what it returns is the component itself (an attack, an objective, a selector, ...). Registering a name twice is an error, and an unknown name lists the
-choices and the closest match, so a typo in a recipe never silently picks something else.
+component, and what it returns is the component itself (an attack, an objective, a selector, ...).
+Registering a name twice is an error, and an unknown name lists the choices and the closest match,
+so a typo in a recipe never silently picks something else.
 """
 
 from __future__ import annotations
