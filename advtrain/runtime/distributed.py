@@ -112,3 +112,17 @@ def broadcast_tensor(ctx: DistContext, tensor: Tensor | None, *, dtype: torch.dt
 def shard_range(ctx: DistContext, n: int) -> Tensor:
     """This rank's contiguous share of ``range(n)`` (for the selection pass)."""
     return torch.tensor_split(torch.arange(n), ctx.world)[ctx.rank]
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside ``torch.compile`` and DistributedDataParallel wrappers.
+
+    Attacks, selection features and checkpoints work on the plain network: an attack run through
+    DDP's forward would arm its gradient-reduction hooks for a backward that never comes.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = getattr(model, "_orig_mod", model)
+    if isinstance(inner, DistributedDataParallel):
+        inner = inner.module
+    return getattr(inner, "_orig_mod", inner)
