@@ -93,29 +93,28 @@ def _check_model_takes(model: nn.Module, name: str, image_shape: tuple[int, int,
 
 def build_objective(recipe: Recipe) -> Any:
     """The training objective, bound to its attack."""
+    from advtrain.attacks import ATTACKS
     from advtrain.objectives import OBJECTIVES
 
-    objective = recipe.components["objective"]
-    entry = OBJECTIVES.get(objective.name)
+    objective, attack = recipe.components["objective"], recipe.components["attack"]
     with building("objective", objective.name):
-        return entry.constructor(objective.params, recipe.components["attack"])
+        built = ATTACKS.get(attack.name).build(attack.params) if attack is not None else None
+        return OBJECTIVES.get(objective.name).build(objective.params, attack=built)
 
 
 def build_selection_objective(recipe: Recipe, objective: Any) -> Any:
     """The objective the selection pass attacks with: ``objective`` itself, or, with
     ``selector.attack``, the same objective bound to that (cheaper) attack."""
     from advtrain.attacks import ATTACKS
-    from advtrain.config.load import Component
     from advtrain.objectives import OBJECTIVES
 
     spec = getattr(recipe.components["selector"].params, "attack", None)
     if spec is None:
         return objective
     values = dict(spec)
-    name = values.pop("name")
-    attack = Component(name, ATTACKS.get(name).params(**values))
+    entry = ATTACKS.get(values.pop("name"))
     section = recipe.components["objective"]
-    return OBJECTIVES.get(section.name).constructor(section.params, attack)
+    return OBJECTIVES.get(section.name).build(section.params, attack=entry.build(entry.params(**values)))
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:

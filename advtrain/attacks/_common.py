@@ -1,4 +1,4 @@
-"""Shared mechanics of the attacks: model mode, grad mode and the two projections.
+"""Shared mechanics of the attacks: model mode, grad mode, the ascent step and the two projections.
 
 Kept separate from the attacks so that every attack enforces the same contract in the same way:
 eval mode restored exactly afterwards, gradients taken w.r.t. the input only, results inside
@@ -77,6 +77,15 @@ def project(x_adv: Tensor, x: Tensor, norm: str, eps: float) -> Tensor:
     if norm == "l2":
         return project_l2(x_adv, x, eps)
     raise ValueError(f"unknown norm '{norm}' (expected linf or l2)")
+
+
+def ascent_step(x_adv: Tensor, grad: Tensor, norm: str, alpha: float) -> Tensor:
+    """One steepest-ascent step: α·sign(g) for ℓ∞, α·g/‖g‖₂ for ℓ2 (no step where g = 0)."""
+    if norm == "linf":
+        return x_adv + alpha * grad.sign()
+    norms = l2_norms(grad)
+    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+    return x_adv + alpha * grad / per_sample_view(safe, grad)
 
 
 class WorstCase:

@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks._common import eval_mode, project
+from advtrain.attacks._common import project
 from advtrain.errors import UserError
+from advtrain.runtime.modes import eval_mode
 
 # fra31/auto-attack, version='standard' (ℓ∞ and ℓ2).
 STANDARD_ITERATIONS = 100

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from advtrain.attacks.bound import BoundAttack
 from advtrain.attacks.losses import LossFn
 from advtrain.attacks.pgd import PGDParams, pgd
 from advtrain.params import param
@@ -37,3 +38,8 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, params: FGSMParams, *, loss_fn:
     one_step = PGDParams(norm="linf", eps=params.eps, alpha=step, steps=1,
                          random_start=params.random_start, restarts=1, loss="ce")
     return pgd(model, x, y, one_step, loss_fn=loss_fn, generator=generator)
+
+
+def build_fgsm(params: FGSMParams) -> BoundAttack:
+    """FGSM-RS (Fast-AT) one-step ℓ∞ attack; plain FGSM with step ε when ``random_start`` is off."""
+    return BoundAttack(fgsm, params)

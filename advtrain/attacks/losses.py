@@ -1,8 +1,8 @@
-"""Per-sample losses that attacks maximise.
+"""Per-sample losses that attacks maximise and objectives train on (their one home).
 
-Both return one value per example (shape ``(N,)``) computed in fp32, so a bf16 autocast forward
-pass does not coarsen the quantity the attack climbs, and so restarts can compare examples one by
-one.
+Each returns one value per example (shape ``(N,)``) computed in fp32, so a bf16 autocast forward
+pass does not coarsen the quantity the attack climbs, so restarts can compare examples one by one,
+and so coreset weights can apply per sample.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     return other - true
 
 
+def kl_per_sample(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
+    """KL(softmax(clean) ‖ softmax(adv)) per sample in fp32: TRADES' regulariser and its attack's loss."""
+    log_p = clean_logits.float().log_softmax(dim=1)
+    log_q = adv_logits.float().log_softmax(dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
 LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "margin": margin_loss}
 
 
@@ -43,4 +50,4 @@ def check_per_sample(loss: Tensor, n: int) -> None:
                          f"{tuple(loss.shape)}; use reduction='none'")
 
 
-__all__ = ["LOSSES", "LossFn", "check_per_sample", "cross_entropy", "margin_loss"]
+__all__ = ["LOSSES", "LossFn", "check_per_sample", "cross_entropy", "kl_per_sample", "margin_loss"]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view, project
+from advtrain.attacks._common import WorstCase, ascent_step, attack_mode, l2_norms, per_sample_view, project
+from advtrain.attacks.bound import BoundAttack
 from advtrain.attacks.losses import LOSSES, LossFn, check_per_sample
 from advtrain.params import param
 
@@ -58,15 +59,6 @@ def random_init(x: Tensor, norm: str, eps: float, generator: torch.Generator | N
     else:
         raise ValueError(f"unknown norm '{norm}' (expected linf or l2)")
     return project(x + delta, x, norm, eps)
-
-
-def ascent_step(x_adv: Tensor, grad: Tensor, norm: str, alpha: float) -> Tensor:
-    """One steepest-ascent step: α·sign(g) for ℓ∞, α·g/‖g‖₂ for ℓ2 (no step where g = 0)."""
-    if norm == "linf":
-        return x_adv + alpha * grad.sign()
-    norms = l2_norms(grad)
-    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return x_adv + alpha * grad / per_sample_view(safe, grad)
 
 
 def _single_run(model: nn.Module, x: Tensor, y: Tensor, params: PGDParams, loss_fn: LossFn,
@@ -131,3 +123,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, params: PGDParams, *, loss_fn: L
                 track.offer(x_adv, logits, loss, y0)
         result = track.x if track is not None else x_adv
     return result.detach().to(x.dtype)
+
+
+def build_pgd(params: PGDParams) -> BoundAttack:
+    """PGD in the ℓ∞ or ℓ2 ball around ``x`` (images in [0, 1]); returns detached ``x_adv``."""
+    return BoundAttack(pgd, params)

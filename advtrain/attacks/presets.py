@@ -93,13 +93,14 @@ def checkpoint_balls(objective: str | None, attack: str | None, params: Any,
     """(ℓp default, LPIPS default, training ball) of a checkpoint, from its stored recipe.
 
     The ℓp default is the recipe's ``eval.eps`` when set (in the training attack's norm when that is
-    an ℓp attack), else the training attack's ε and norm. A perceptual training attack (a ``bound``
-    in LPIPS units) gives the default bound of ``ppgd``/``lpa``. A ``clean`` objective trains against
-    no ball. Takes plain values, not a recipe: this module sits below the config layer.
+    an ℓp attack), else the training attack's ε and norm (any attack with ``norm`` and ``eps``: pgd,
+    fgsm, trades_kl). A perceptual training attack (a ``bound`` in LPIPS units) gives the default
+    bound of ``ppgd``/``lpa``. A ``clean`` objective trains against no ball. Takes plain values, not
+    a recipe: this module sits below the config layer.
     """
     if objective == "clean" or attack is None or params is None:
         trained = None
-    elif attack in ("pgd", "fgsm") and getattr(params, "norm", None) in _NORM_SYMBOL:
+    elif getattr(params, "norm", None) in _NORM_SYMBOL and getattr(params, "eps", None) is not None:
         trained = Ball(params.norm, float(params.eps), f"checkpoint: training attack ({attack})")
     elif getattr(params, "bound", None) is not None and getattr(params, "lpips", None) is not None:
         trained = Ball("lpips", float(params.bound), f"checkpoint: training attack ({attack})")

@@ -394,7 +394,7 @@ def _check_selection_attack(components: dict[str, Component | None], problems: l
     if spec is None or objective is None:
         return
     from advtrain.attacks import ATTACKS
-    from advtrain.objectives import OBJECTIVES
+    from advtrain.objectives import OBJECTIVES, ignored_attack_params
 
     allowed = getattr(OBJECTIVES.get(objective.name).constructor, "attacks", ())
     if not allowed or attack is None:
@@ -418,6 +418,7 @@ def _check_selection_attack(components: dict[str, Component | None], problems: l
     before = len(problems)
     params = check_params(params_cls, values, "selector.attack", f"attack '{name}'", problems)
     if len(problems) == before and params is not None:
+        problems.extend(ignored_attack_params(objective.name, name, params, section="selector.attack", keys=spec))
         selector.params.attack = {"name": name, **dataclasses.asdict(params)}
 
 
@@ -510,7 +511,7 @@ def _as_written(merged: dict[str, Any], components: dict[str, Component | None],
 def _cross_checks(components: dict[str, Component | None], fixed: dict[str, Any],
                   problems: list[str]) -> None:
     """Rules that span sections (objective ↔ attack, eval attack names, schedule)."""
-    from advtrain.objectives import OBJECTIVES
+    from advtrain.objectives import OBJECTIVES, ignored_attack_params
 
     objective = components["objective"]
     attack = components["attack"]
@@ -523,6 +524,8 @@ def _cross_checks(components: dict[str, Component | None], fixed: dict[str, Any]
         elif allowed and attack is not None and attack.name not in allowed:
             problems.append(f"attack.name: objective '{objective.name}' works with "
                             f"{', '.join(allowed)}, not '{attack.name}'")
+        elif attack is not None:
+            problems.extend(ignored_attack_params(objective.name, attack.name, attack.params))
     from advtrain.attacks.presets import resolve_eval_attacks
 
     for i, name in enumerate(fixed["eval"].attacks):

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.runtime.modes import eval_mode
+
 
 @dataclass
 class AttackResult:
@@ -97,8 +99,6 @@ def evaluate(
 
     report = progress or _no_progress
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
     n = min(n_examples, len(source))
     indices = torch.arange(n)
     labels = source.labels[:n].clone()
@@ -115,7 +115,7 @@ def evaluate(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    try:
+    with eval_mode(model):
         offset = 0
         for x, y, _ in batches(indices):
             with torch.no_grad():
@@ -139,8 +139,6 @@ def evaluate(
                     report(attack.name, offset, n)
             sync()
             seconds[attack.name] += time.perf_counter() - t0
-    finally:
-        model.train(was_training)
     results = []
     for attack in attacks:
         correct = clean_correct if attack.name == "clean" else clean_correct & adv_correct[attack.name]

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from advtrain.attacks.losses import kl_per_sample
+
 
 def _pack(bias_grad: Tensor, weight_grad: Tensor | None) -> Tensor:
     if weight_grad is None:
@@ -45,7 +47,7 @@ def trades_grads(
     log_p = clean_logits.float().log_softmax(dim=1)
     log_q = adv_logits.float().log_softmax(dim=1)
     p, q = log_p.exp(), log_q.exp()
-    kl = (p * (log_p - log_q)).sum(dim=1, keepdim=True)
+    kl = kl_per_sample(clean_logits, adv_logits)[:, None]
     onehot = F.one_hot(y, clean_logits.shape[1]).float()
     clean_coef = (p - onehot) + beta * p * (log_p - log_q - kl)
     adv_coef = beta * (q - p)

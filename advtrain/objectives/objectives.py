@@ -1,22 +1,28 @@
 """Training objectives: per-sample losses and their Danskin selection features.
 
-An objective knows (a) how to build its adversarial point (through its attack, with the model in
-eval mode), (b) its per-sample training loss at that point, with the model in train mode, and
-(c) the last-layer gradient of that loss at that point, used for coreset selection (paper
-Eqs. 12 and 14).
+An objective knows (a) how to build its adversarial point (through its attack, a built
+``attack(model, x, y) -> x_adv`` that runs in eval mode), (b) its per-sample training loss at that
+point, with the model in train mode, and (c) the last-layer gradient of that loss at that point,
+used for coreset selection (paper Eqs. 12 and 14). Each class also declares which attacks a recipe
+may pair with it (``attacks``) and which keys of an attack's section it uses (``attack_keys``), so
+validation can refuse a key that would have no effect.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from advtrain.attacks import ATTACKS, BoundAttack, TradesKLParams
+from advtrain.attacks.losses import cross_entropy, kl_per_sample
 from advtrain.objectives.lastlayer import cross_entropy_grads, trades_grads
-from advtrain.objectives.losses import cross_entropy, kl_per_sample
 from advtrain.params import param
+from advtrain.runtime.distributed import unwrap
 
 
 @dataclass
@@ -28,29 +34,32 @@ class LossOutput:
 
 
 def attack_view(model: nn.Module) -> nn.Module:
-    """The model an attack should run on: DistributedDataParallel unwrapped.
+    """The model an attack runs on: the plain network when distributed, ``model`` itself otherwise.
 
     Attack steps differentiate w.r.t. the input only; running them through DDP's forward would
-    arm its gradient-reduction hooks for a backward that never comes.
+    arm its gradient-reduction hooks for a backward that never comes. A single-process compiled
+    model stays compiled: the attack's passes are most of a training step.
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    inner = getattr(model, "_orig_mod", model)
-    return inner.module if isinstance(inner, DistributedDataParallel) else model
+    return unwrap(model) if isinstance(getattr(model, "_orig_mod", model), DistributedDataParallel) else model
 
 
 def _logits_and_embedding(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)  # DDP
-    return inner.logits_and_embedding(x)
+    return unwrap(model).logits_and_embedding(x)
 
 
 class CleanObjective:
     """Vanilla training: CE at the clean point (paper Eq. 2)."""
 
-    attacks: tuple[str, ...] = ()
+    #: Attack names a recipe may pair with the objective (none: it takes no attack).
+    attacks: ClassVar[tuple[str, ...]] = ()
+    #: Per attack name, the keys of its section the objective uses; an attack not listed is used whole.
+    attack_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: Why the keys it does not use have no effect (worded into the validation message).
+    ignores_because: ClassVar[str] = ""
 
-    def __init__(self, params: Any = None, attack: Any = None) -> None:
+    def __init__(self, params: Any = None, *, attack: BoundAttack | None = None) -> None:
         self.params = params
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossOutput:
@@ -63,24 +72,25 @@ class CleanObjective:
     @torch.no_grad()
     def selection_features(self, model: nn.Module, x: Tensor, y: Tensor, points: Tensor, *,
                            bias_only: bool = False) -> Tensor:
+        """Per-sample last-layer gradient of CE at ``points`` (clean or adversarial; ``self`` unused)."""
         logits, emb = _logits_and_embedding(model, points)
         return cross_entropy_grads(logits, emb, y, bias_only=bias_only)
 
 
-class AdversarialObjective:
+class AdversarialObjective(CleanObjective):
     """CE at the attack's point: Madry PGD-AT with ``pgd``, Fast-AT with ``fgsm`` (paper Eq. 3)."""
 
-    attacks: tuple[str, ...] = ("pgd", "fgsm")
+    attacks: ClassVar[tuple[str, ...]] = ("pgd", "fgsm")
 
-    def __init__(self, params: Any, attack: Any) -> None:
-        from advtrain.attacks import ATTACKS
-
+    def __init__(self, params: Any = None, *, attack: BoundAttack | None = None) -> None:
+        if attack is None:
+            raise ValueError(f"{type(self).__name__} needs an attack (one of: {', '.join(self.attacks)})")
         self.params = params
-        self.attack_params = attack.params
-        self.attack_fn = ATTACKS.get(attack.name).constructor
+        self.attack = attack
 
-    def attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return self.attack_fn(model, x, y, self.attack_params)
+    @property
+    def attack_params(self) -> Any:
+        return self.attack.params
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossOutput:
         x_adv = self.attack(attack_view(model), x, y)
@@ -91,12 +101,6 @@ class AdversarialObjective:
         """The Danskin point: the attack's maximiser for each sample."""
         return self.attack(model, x, y)
 
-    @torch.no_grad()
-    def selection_features(self, model: nn.Module, x: Tensor, y: Tensor, points: Tensor, *,
-                           bias_only: bool = False) -> Tensor:
-        logits, emb = _logits_and_embedding(model, points)
-        return cross_entropy_grads(logits, emb, y, bias_only=bias_only)
-
 
 @dataclass
 class TradesParams:
@@ -105,51 +109,35 @@ class TradesParams:
     beta: float = param(6.0, ge=0, le=1000, help="weight of the KL term (1/λ in the paper)")
 
 
-def trades_attack(model: nn.Module, x: Tensor, clean_logits: Tensor, attack: Any) -> Tensor:
-    """TRADES inner maximisation of KL(f(x) ‖ f(x')) from x + 0.001·N(0, I), model in eval mode."""
-    from advtrain.attacks._common import attack_mode
-
-    with attack_mode(model):
-        p_clean = clean_logits.detach()
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1).detach()
-        for _ in range(attack.steps):
-            x_adv.requires_grad_(True)
-            loss = kl_per_sample(p_clean, model(x_adv)).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            with torch.no_grad():
-                if attack.norm == "linf":
-                    x_adv = x_adv + attack.alpha * grad.sign()
-                    x_adv = torch.min(torch.max(x_adv, x - attack.eps), x + attack.eps)
-                else:
-                    norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-                    delta = x_adv + attack.alpha * grad / norm - x
-                    dnorm = delta.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
-                    x_adv = x + delta * (attack.eps / dnorm.clamp_min(1e-12)).clamp(max=1.0)
-                x_adv = x_adv.clamp(0, 1).detach()
-        return x_adv
+def kl_attack(attack: BoundAttack) -> BoundAttack:
+    """TRADES' KL attack with ``attack``'s ball and budget (``attack``: a built pgd or trades_kl)."""
+    if isinstance(attack.params, TradesKLParams):
+        return attack
+    values = {f.name: getattr(attack.params, f.name) for f in dataclasses.fields(TradesKLParams)}
+    return ATTACKS.get("trades_kl").build(TradesKLParams(**values))
 
 
 class TradesObjective:
     """CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)) per sample (paper Eq. 4)."""
 
-    attacks: tuple[str, ...] = ("pgd",)
+    attacks: ClassVar[tuple[str, ...]] = ("pgd", "trades_kl")
+    #: A pgd section gives TRADES' KL attack its ball and budget, nothing else.
+    attack_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "pgd": tuple(f.name for f in dataclasses.fields(TradesKLParams))}
+    ignores_because: ClassVar[str] = "TRADES starts from x + 0.001·N(0, I) and runs one KL ascent"
 
-    def __init__(self, params: TradesParams, attack: Any) -> None:
+    def __init__(self, params: TradesParams, *, attack: BoundAttack | None = None) -> None:
+        if attack is None:
+            raise ValueError(f"TradesObjective needs an attack (one of: {', '.join(self.attacks)})")
         self.params = params
-        self.attack_params = attack.params
+        self.attack = kl_attack(attack)
 
-    def _clean_logits_eval(self, model: nn.Module, x: Tensor) -> Tensor:
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return model(x)
-        finally:
-            model.train(was_training)
+    @property
+    def attack_params(self) -> TradesKLParams:
+        return self.attack.params
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossOutput:
-        inner = attack_view(model)
-        x_adv = trades_attack(inner, x, self._clean_logits_eval(inner, x), self.attack_params)
+        x_adv = self.attack(attack_view(model), x, y)
         clean_logits = model(x)
         adv_logits = model(x_adv)
         losses = cross_entropy(clean_logits, y) + self.params.beta * kl_per_sample(clean_logits, adv_logits)
@@ -157,7 +145,7 @@ class TradesObjective:
 
     def selection_points(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The Danskin point of the KL term (Eq. 15)."""
-        return trades_attack(model, x, self._clean_logits_eval(model, x), self.attack_params)
+        return self.attack(model, x, y)
 
     @torch.no_grad()
     def selection_features(self, model: nn.Module, x: Tensor, y: Tensor, points: Tensor, *,

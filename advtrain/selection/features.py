@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.runtime.device import autocast
+from advtrain.runtime.modes import eval_mode
 from advtrain.selection.coreset import SelectionTiming
 
 
@@ -46,9 +47,7 @@ def gradient_features(
     timing = SelectionTiming()
     rows: list[Tensor] = []
     labels: list[Tensor] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for x, y, _ in iterate_batches(source, indices, batch_size, shuffle=False, generator=None,
                                        augment="none", device=device):
             t0 = time.perf_counter()
@@ -63,6 +62,4 @@ def gradient_features(
             _sync(device)
             timing.attack_s += t1 - t0
             timing.features_s += time.perf_counter() - t1
-    finally:
-        model.train(was_training)
     return torch.cat(rows), torch.cat(labels), timing

@@ -15,14 +15,18 @@ from torch import nn
 
 from advtrain.attacks import (
     ATTACKS,
+    BoundAttack,
     FGSMParams,
     PGDParams,
+    TradesKLParams,
     cross_entropy,
     fgsm,
+    kl_per_sample,
     list_eval_presets,
     margin_loss,
     pgd,
     resolve_eval_attack,
+    trades_kl,
 )
 from advtrain.attacks.autoattack import autoattack
 from advtrain.attacks.pgd import random_init
@@ -84,6 +88,9 @@ CONFIGS = {
     "pgd-big-step": (pgd, PGDParams(norm="l2", eps=0.1, alpha=5.0, steps=3)),
     "fgsm-rs": (fgsm, FGSMParams()),
     "fgsm": (fgsm, FGSMParams(random_start=False)),
+    "trades-kl-linf": (trades_kl, TradesKLParams(steps=5)),
+    "trades-kl-l2": (trades_kl, TradesKLParams(norm="l2", eps=0.5, alpha=0.2, steps=5)),
+    "trades-kl-big-step": (trades_kl, TradesKLParams(norm="l2", eps=0.1, alpha=5.0, steps=3)),
 }
 
 
@@ -354,13 +361,77 @@ def test_margin_loss_matches_brute_force():
 
 
 def test_registry_entries():
-    assert ATTACKS.names() == ["fast_lpa", "fgsm", "pgd"]
+    assert ATTACKS.names() == ["fast_lpa", "fgsm", "pgd", "trades_kl"]
+    assert ATTACKS.get("trades_kl").params is TradesKLParams
     assert ATTACKS.get("pgd").params is PGDParams and ATTACKS.get("fgsm").params is FGSMParams
     p = ATTACKS.get("pgd").default_params()
     assert (p.norm, p.eps, p.alpha, p.steps, p.random_start, p.restarts, p.loss) == \
         ("linf", 8 / 255, 2 / 255, 10, True, 1, "ce")
     f = ATTACKS.get("fgsm").default_params()
     assert (f.eps, f.alpha, f.random_start, f.norm) == (8 / 255, 10 / 255, True, "linf")
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "trades_kl"])
+def test_registry_entries_build_ready_attacks_from_params(name):
+    """An entry is a constructor: ``build(params)`` is the attack holding them, called as attack(model, x, y)."""
+    entry = ATTACKS.get(name)
+    attack = entry.build(entry.default_params())
+    assert isinstance(attack, BoundAttack) and attack.params == entry.default_params()
+    model, (x, y) = tiny_model(), batch()
+    torch.manual_seed(0)
+    x_adv = attack(model, x, y)
+    assert_in_ball(x_adv, x, attack.params.norm, attack.params.eps)
+    torch.manual_seed(0)
+    assert torch.equal(x_adv, attack.fn(model, x, y, attack.params))
+
+
+def test_fast_lpa_entry_builds_with_its_own_backbone_cache():
+    first, second = ATTACKS.get("fast_lpa").build(), ATTACKS.get("fast_lpa").build()
+    assert first.fn.keywords["cache"] == {} and first.fn.keywords["cache"] is not second.fn.keywords["cache"]
+
+
+def _trades_reference(model, x, params):
+    """TRADES' published inner loop (Zhang et al. 2019, trades.py), ℓ∞ and ℓ2, as advtrain ran it before."""
+    model.eval()
+    with torch.no_grad():
+        p_clean = model(x)
+    x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1).detach()
+    for _ in range(params.steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(kl_per_sample(p_clean, model(x_adv)).sum(), x_adv)
+        with torch.no_grad():
+            if params.norm == "linf":
+                x_adv = torch.min(torch.max(x_adv + params.alpha * grad.sign(), x - params.eps), x + params.eps)
+            else:
+                norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                delta = x_adv + params.alpha * grad / norm - x
+                dnorm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+                x_adv = x + delta * (params.eps / dnorm.clamp_min(1e-12)).clamp(max=1.0)
+            x_adv = x_adv.clamp(0, 1).detach()
+    return x_adv
+
+
+@pytest.mark.parametrize("norm,eps,alpha", [("linf", 8 / 255, 2 / 255), ("linf", 0.2, 0.05), ("l2", 0.5, 0.125)])
+def test_trades_kl_matches_the_published_inner_loop(norm, eps, alpha):
+    """Same seed, same point: bit-identical in ℓ2; in ℓ∞ up to float32 rounding of the shared projection
+    (x + clamp(x' − x, ±ε) rather than clamp(x', x − ε, x + ε))."""
+    model, (x, y) = tiny_model(), batch(16)
+    params = TradesKLParams(norm=norm, eps=eps, alpha=alpha, steps=10)
+    torch.manual_seed(5)
+    expected = _trades_reference(model, x, params)
+    torch.manual_seed(5)
+    got = trades_kl(model, x, y, params)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0 if norm == "l2" else 1e-7)
+    torch.manual_seed(5)
+    assert torch.equal(trades_kl(model, x, y, params, generator=None), got)
+    assert torch.equal(trades_kl(model, x, y, params, generator=torch.Generator().manual_seed(5)), got)
+
+
+def test_trades_kl_start_is_projected_into_a_ball_smaller_than_its_noise():
+    model, (x, y) = tiny_model(), batch()
+    for norm in ("linf", "l2"):
+        x_adv = trades_kl(model, x, y, TradesKLParams(norm=norm, eps=1e-5, steps=0))
+        assert_in_ball(x_adv, x, norm, 1e-5)
 
 
 # --- evaluation presets ------------------------------------------------------------------------------

@@ -53,6 +53,19 @@ def test_checkpoint_balls_from_the_recipe():
     assert checkpoint_balls("clean", "pgd", PGDParams(), None) == (None, None, None)
 
 
+
+def test_checkpoint_ball_of_every_lp_training_attack():
+    """ε flows from any registered ℓp training attack to evaluation (not from a hand-kept list of names)."""
+    from advtrain.attacks import ATTACKS, TradesKLParams
+
+    lp, _, trained = checkpoint_balls("trades", "trades_kl", TradesKLParams(norm="l2", eps=0.3), None)
+    assert (lp.norm, lp.eps, lp.source) == ("l2", 0.3, "checkpoint: training attack (trades_kl)") and trained == lp
+    for entry in ATTACKS.entries():
+        params = entry.default_params()
+        lp, lpips, _ = checkpoint_balls("adversarial", entry.name, params, None)
+        assert (lp or lpips) is not None, f"attack '{entry.name}' gives evaluation no ball"
+
+
 def test_resolve_with_the_checkpoint_ball():
     l2 = Ball("l2", 0.3, "checkpoint: training attack (pgd)")
     a = resolve_eval_attack("pgd50", default=l2)

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from advtrain.attacks.losses import kl_per_sample
 from advtrain.objectives.lastlayer import cross_entropy_grads, trades_grads
-from advtrain.objectives.losses import kl_per_sample, weighted_mean
+from advtrain.objectives.losses import weighted_mean
 
 
 def _autograd_per_sample(loss_fn, n):

@@ -9,12 +9,14 @@ bound, and the achieved distance can be read from the returned point.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from advtrain.attacks.bound import BoundAttack
 from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, build_distance
 from advtrain.params import param
 
@@ -41,6 +43,14 @@ def fast_lpa(model: nn.Module, x: Tensor, y: Tensor, params: FastLPAParams, *, l
 
     with attack_mode(model):
         return _attack(model, x, y, params, cache)
+
+
+def build_fast_lpa(params: FastLPAParams) -> BoundAttack:
+    """Fast-LPA adversarial examples in [0,1]; model in eval mode, its modes restored afterwards.
+
+    The attack holds its own backbone cache: an ImageNet LPIPS network is loaded once per built attack.
+    """
+    return BoundAttack(functools.partial(fast_lpa, cache={}), params)
 
 
 def _attack(model: nn.Module, x: Tensor, y: Tensor, params: FastLPAParams,
