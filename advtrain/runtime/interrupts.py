@@ -42,3 +42,43 @@ def on_signals(describe: Callable[[str], str]) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM during training: remembered, so the loop stops after the current step and saves.
+
+    While :meth:`installed` is active, the first signal is only recorded (``notify`` says so); a
+    second SIGINT raises ``KeyboardInterrupt`` at once. Outside the main thread nothing is installed.
+    """
+
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self.signum: int | None = None
+        self._notify = notify
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        """The signal's name (``signal`` before one arrived)."""
+        return signal.Signals(self.signum).name if self.signum else "signal"
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self._notify(f"{signal.Signals(signum).name}: finishing the current step, then saving...")
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Route SIGINT/SIGTERM here while inside; the previous handlers come back on exit."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
