@@ -37,7 +37,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from advtrain.runtime.interrupts import CommandInterrupted
-        from advtrain.train.loop import TrainingInterrupted
+        from advtrain.train.stops import TrainingInterrupted
         from advtrain.ui import console
 
         try:
@@ -88,88 +88,10 @@ def run(
     device: str | None = typer.Option(None, "--device", help="override the recipe's device"),
 ) -> None:
     """Train with a recipe: adversarial training, optionally on adversarial coresets."""
-    from advtrain.config.load import load_recipe
-    from advtrain.runtime.distributed import is_main_process
-    from advtrain.runtime.interrupts import on_signals
-    from advtrain.train.loop import check_output_dir
+    from advtrain.commands.train import run_training
 
-    resolved = load_recipe(recipe, overrides or [])
-    main_process = is_main_process()
-    folder = None
-    if main_process:
-        folder = check_output_dir(Path(resolved.output.dir), resume or resume_from is not None, overwrite)
-    state: dict[str, Any] = {"trainer": None}
-    try:
-        with on_signals(lambda sig: _run_interrupted(sig, state["trainer"], resolved)):
-            _run(resolved, state, folder, main_process, resume=resume, resume_from=resume_from, force=force,
-                 overwrite=overwrite, device=device)
-    finally:
-        if folder is not None:
-            folder.release()
-
-
-def _run(resolved: Any, state: dict[str, Any], folder: Any, main_process: bool, *, resume: bool,
-         resume_from: Path | None, force: bool, overwrite: bool, device: str | None) -> None:
-    from advtrain.reports.run import write_run_report
-    from advtrain.train.loop import Trainer
-    from advtrain.ui import console
-
-    checkpoint = resume_from
-    if resume and checkpoint is None:
-        checkpoint = Path(resolved.output.dir) / "last.safetensors"
-        if not checkpoint.exists():
-            raise UserError(f"--resume: no checkpoint at '{checkpoint}' (output.dir of this recipe); "
-                            f"run without --resume to start, or give --resume-from PATH.")
-    reporter = console.ProgressReporter() if main_process else console.SilentReporter()
-    trainer = state["trainer"] = Trainer(resolved, reporter, device=device)
-    try:
-        if main_process:
-            precision = "fp32" if trainer.amp_dtype is None else str(trainer.amp_dtype).replace("torch.", "")
-            world = f", {trainer.dist.world} processes" if trainer.dist.enabled else ""
-            console.info(f"advtrain run {resolved.name} on {trainer.device} ({precision}{world}) → {trainer.out_dir}")
-        result = trainer.fit(resume=checkpoint, force=force, overwrite=overwrite, folder=folder)
-        if main_process and result.finished_before:
-            console.info(f"{result.out_dir} already holds the finished run and its report; nothing was changed.")
-        elif main_process:
-            _print_run_summary(resolved, write_run_report(trainer, result), result)
-    finally:
-        trainer.close()
-
-
-def _run_interrupted(sig: str, trainer: Any, resolved: Any) -> str:
-    """What a SIGINT/SIGTERM outside the training epochs means for the run, in its own words."""
-    last = Path(resolved.output.dir) / "last.safetensors"
-    phase = getattr(trainer, "phase", "setup")
-    if phase == "testing":
-        return (f"stopped by {sig} during the final test evaluation; every epoch is saved in {last}. Finish the "
-                f"run (only the test evaluation and the report are redone) with: advtrain run <recipe> --resume "
-                f"(same recipe and overrides).")
-    if phase == "reporting":
-        return (f"stopped by {sig} while writing the run's report; every epoch is saved in {last}. Write the "
-                f"report with: advtrain run <recipe> --resume (same recipe and overrides).")
-    return (f"stopped by {sig} while setting up the run (before or between epochs, outside a training step); "
-            f"no epoch was lost: checkpoints already in {last.parent} are intact. Run the same command again "
-            f"(with --resume if {last} exists).")
-
-
-def _print_run_summary(resolved: Any, report: dict, result: Any) -> None:
-    from advtrain.ui import console
-
-    rows = [("clean", f"{report['final_val'].get('clean', float('nan')):.2%}")]
-    rows += [(k, f"{v:.2%}") for k, v in report["final_val"].items() if k != "clean"]
-    console.print_table(f"final validation ({resolved.eval.split})", ["metric", "accuracy"], rows)
-    if report.get("test"):
-        test = report["test"]
-        trows = [("clean", f"{test['clean_acc']:.2%}")] + [(k, f"{v:.2%}") for k, v in test["robust_acc"].items()]
-        console.print_table(f"test (first {test['n_examples']} examples, last model)", ["attack", "accuracy"],
-                            trows)
-    speed = report.get("speedup")
-    if speed:
-        console.info(f"a coreset epoch took {speed['coreset_epoch_s']:.2f}s against {speed['full_epoch_s']:.2f}s "
-                     f"for a full epoch ({speed['epoch_ratio']:.0%}); training-loop speed-up against full "
-                     f"training of the same schedule (estimated from the full epochs): {speed['speedup']:.2f}× "
-                     f"(selection {speed['selection_share']:.0%} of the loop)")
-    console.info(f"done in {result.wall_seconds:.1f}s; outputs in {result.out_dir}")
+    run_training(recipe, overrides or [], resume=resume, resume_from=resume_from, force=force, overwrite=overwrite,
+                 device=device)
 
 
 @app.command("eval")

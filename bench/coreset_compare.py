@@ -27,6 +27,7 @@ from _common import LOCAL, cifar_subset, command_line, machine, write_result
 from advtrain.attacks.presets import resolve_eval_attack
 from advtrain.config.load import load_recipe
 from advtrain.eval.robust import evaluate
+from advtrain.io.run_folder import RunFolder
 from advtrain.selection import SELECTORS
 from advtrain.train.loop import Trainer
 from advtrain.ui.console import SilentReporter
@@ -89,7 +90,8 @@ def main() -> None:
         trainer = Trainer(recipe, SilentReporter())
         errors.clear()
         start = time.perf_counter()
-        result = trainer.fit()
+        with RunFolder.claim(out, resuming=False, overwrite=False) as folder:
+            result = trainer.fit(folder)
         wall = time.perf_counter() - start
         attacks = [resolve_eval_attack("pgd50", **eval_overrides)]
         test = evaluate(trainer.model, trainer.data.test, attacks, n_examples=args.n_eval, batch_size=256,

@@ -20,6 +20,7 @@ from _common import LOCAL, cifar_subset, command_line, machine, write_result
 from advtrain.attacks.presets import resolve_eval_attacks
 from advtrain.config.load import load_recipe
 from advtrain.eval.robust import evaluate
+from advtrain.io.run_folder import RunFolder
 from advtrain.train.loop import Trainer
 from advtrain.ui.console import SilentReporter
 
@@ -65,7 +66,8 @@ def main() -> None:
             extra.append(f"selector.fraction={args.fraction}")
         trainer = Trainer(load_recipe(recipe_path, common + extra), SilentReporter())
         start = time.perf_counter()
-        result = trainer.fit()
+        with RunFolder.claim(out, resuming=False, overwrite=False) as folder:
+            result = trainer.fit(folder)
         wall = time.perf_counter() - start
         loop = sum(m.get("train_time", 0.0) + (m.get("selection") or {}).get("total_s", 0.0) for m in result.metrics)
         attacks = resolve_eval_attacks(names)

@@ -10,6 +10,7 @@ import torch
 from advtrain import build
 from advtrain.config.load import load_recipe
 from advtrain.io import checkpoint as ckpt_io
+from advtrain.io.run_files import write_coreset_npz
 from advtrain.runtime.device import pick_device, resolve_precision
 from advtrain.runtime.seeding import seed_everything
 from advtrain.selection.full_pass import select_coreset
@@ -38,19 +39,11 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
                             epoch=epoch, device=dev, amp_dtype=resolve_precision(recipe.precision, dev))
     hist = torch.bincount(coreset.labels, minlength=data.num_classes).numpy()
     full_hist = torch.bincount(data.train.labels.cpu(), minlength=data.num_classes).numpy()
-    arrays = {
-        "indices": coreset.indices.numpy(), "weights": coreset.weights.numpy(),
-        "labels": coreset.labels.numpy(), "label_histogram": hist,
-        "train_label_histogram": full_hist, "n_train": np.array(len(data.train)),
-        "epoch": np.array(epoch), "selector": np.array(selector.name),
-        **{k: np.array(v) for k, v in timing.record(len(coreset)).items()},
-    }
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-
-    ckpt_io.write_atomically(out, write)
+    extra = {"label_histogram": hist, "train_label_histogram": full_hist, "n_train": np.array(len(data.train)),
+             "selector": np.array(selector.name),
+             **{k: np.array(v) for k, v in timing.record(len(coreset)).items()}}
+    arrays = write_coreset_npz(out, indices=coreset.indices, weights=coreset.weights, labels=coreset.labels,
+                               epoch=epoch, extra=extra)
     console.print_table(
         f"{selector.name} selection on {recipe.components['data'].name} ({len(data.train)} samples)",
         ["selected", "weight sum", "attack", "features", "solver", "per-class counts"],

@@ -17,13 +17,14 @@ import uuid
 from pathlib import Path
 
 from advtrain.errors import CheckpointError, UserError
+from advtrain.io import run_files as names
 from advtrain.io.checkpoint import TMP_GLOB
 
 RUN_ID_FILE = ".advtrain-run"
 LOCK_FILE = ".advtrain.lock"
 #: Files a run writes at the top of its folder; any of them means the folder holds a run.
-RUN_FILES = ("recipe.yaml", "metrics.jsonl", "last.safetensors", "best.safetensors", "report.json", "report.md",
-             "curves.png", RUN_ID_FILE)
+RUN_FILES = (names.RECIPE, names.METRICS, names.LAST, names.BEST, names.REPORT_JSON, names.REPORT_MD, names.CURVES,
+             RUN_ID_FILE)
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -87,6 +88,12 @@ class RunFolder:
         if overwrite:
             self.clear_old_run()
 
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def release(self) -> None:
         """Unlock the folder (the lock file stays; it only names the last holder)."""
         if self._handle is not None:
@@ -103,7 +110,7 @@ class RunFolder:
         return bool(self.run_files())
 
     def is_advtrain_run(self) -> bool:
-        return (self.path / RUN_ID_FILE).exists() or (self.path / "last.safetensors").exists()
+        return (self.path / RUN_ID_FILE).exists() or (self.path / names.LAST).exists()
 
     def run_id(self) -> str | None:
         """The id recorded in the folder (None for an empty folder or one written by an older advtrain)."""
@@ -111,14 +118,14 @@ class RunFolder:
         return text if _RUN_ID.fullmatch(text) else None
 
     def is_finished(self) -> bool:
-        """report.json is written last when a run finishes (see write_run_report)."""
-        return (self.path / "report.json").exists()
+        """report.json is written last when a run finishes (see RunFiles.write_report)."""
+        return (self.path / names.REPORT_JSON).exists()
 
     # ------------------------------------------------------------- changes
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete temporary files of writes that were killed (safe: this process holds the lock)."""
         removed = []
-        for folder in (self.path, self.path / "coreset", self.path / "eval"):
+        for folder in (self.path, self.path / names.CORESET_DIR, self.path / "eval"):
             if folder.is_dir():
                 for tmp in folder.glob(TMP_GLOB):
                     with contextlib.suppress(OSError):
@@ -132,7 +139,7 @@ class RunFolder:
         """--overwrite: remove the files of the run that was here, so none of them mixes with the new one."""
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        for old in [*self.path.glob("epoch_*.safetensors"), *self.path.glob("coreset/epoch_*.npz")]:
+        for old in [*self.path.glob("epoch_*.safetensors"), *self.path.glob(f"{names.CORESET_DIR}/epoch_*.npz")]:
             old.unlink(missing_ok=True)
 
     def resume_run_id(self, ckpt_run_id: str | None, ckpt_path: Path) -> str:

@@ -8,7 +8,6 @@ Markdown is what a person pastes into a paper draft; the plot is the robust-accu
 from __future__ import annotations
 
 import base64
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from advtrain.attacks.autoattack import GRADIENT_STAGES
 from advtrain.attacks.presets import STEP_RULE
 from advtrain.eval.robust import EvalResult
 from advtrain.io.checkpoint import write_atomically
+from advtrain.io.run_files import write_json  # noqa: F401  (the one JSON writer; commands import it from here)
 
 #: How ``robust_bits`` are written: one bit per evaluated example, in the order of ``indices``.
 BITS_ENCODING = "base64 of numpy.packbits(bits, bitorder='little'); bit i is example indices[i]"
@@ -198,11 +198,6 @@ def masking_warnings(record: dict) -> list[str]:
         warnings.append(f"FGSM ({acc['fgsm']:.1%}) is stronger than {pgd50['name']} ({pgd50['robust_acc']:.1%}): "
                         "the PGD steps are not working, a sign of gradient masking.")
     return warnings
-
-
-def write_json(path: Path, record: dict) -> None:
-    text = json.dumps(record, indent=2, default=float)
-    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def percent(value: float | None) -> str:

@@ -1,14 +1,12 @@
-"""The end-of-run report: report.json, report.md and curves.png in the output folder."""
+"""The end-of-run report: report.json, report.md and curves.png (written by the run folder's RunFiles)."""
 
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any
 
 from advtrain import __version__
-from advtrain.io.checkpoint import write_atomically
-from advtrain.reports.evaluation import eval_record, percent, write_json
+from advtrain.reports.evaluation import eval_record, percent
 
 
 def loop_seconds(metrics: list[dict[str, Any]]) -> tuple[float, float, float]:
@@ -75,17 +73,14 @@ def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
         "advtrain_version": __version__,
         "recipe": recipe.resolved,
     }
-    out = trainer.out_dir
-    text = run_markdown(report)
-    write_atomically(out / "report.md", lambda tmp: tmp.write_text(text))
-    if metrics:
-        plot_curves(out / "curves.png", metrics)
-    write_json(out / "report.json", report)  # last: its presence marks a finished run (RunFolder.is_finished)
+    trainer.files.write_report(report, run_markdown(report), curves_png(metrics) if metrics else None)
     return report
 
 
-def plot_curves(path: Path, metrics: list[dict]) -> None:
-    """Training loss and validation accuracies per epoch, with selection epochs marked."""
+def curves_png(metrics: list[dict]) -> bytes:
+    """Training loss and validation accuracies per epoch, with selection epochs marked (a PNG image)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,8 +106,10 @@ def plot_curves(path: Path, metrics: list[dict]) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    return image.getvalue()
 
 
 def run_markdown(report: dict) -> str:

@@ -109,6 +109,39 @@ def broadcast_tensor(ctx: DistContext, tensor: Tensor | None, *, dtype: torch.dt
     return out
 
 
+def global_weighted_loss(ctx: DistContext, losses: Tensor, weights: Tensor | None, correct: Tensor, count: int,
+                         stop: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The local loss to back-propagate, plus the global batch's loss value, correct count, size and stop flag.
+
+    Each rank holds a slice of the global batch. Scaling the local Σγℓ by world/Σ_global γ makes
+    DDP's gradient average equal the gradient of Σγℓ/Σγ over the whole global batch. One
+    all-reduce carries the weight sum, the statistics and this rank's ``stop`` request (any rank's
+    request reaches all). All device tensors: nothing is read back.
+    """
+    w = torch.ones_like(losses) if weights is None else weights.to(losses.dtype)
+    local = (w * losses).sum()
+    flags = torch.tensor([float(count), float(stop)]).to(losses.device, non_blocking=True)
+    stats = torch.cat([torch.stack([w.sum().detach(), local.detach(), correct.float()]), flags])
+    all_reduce_sum(ctx, stats)
+    loss = local * ctx.world / stats[0]
+    return loss, stats[1] / stats[0], stats[2], stats[3], stats[4]
+
+
+def any_rank(ctx: DistContext, flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one all-reduce when distributed)."""
+    if not ctx.enabled:
+        return flag
+    return bool(all_reduce_sum(ctx, torch.tensor([float(flag)], device=device))[0] > 0)
+
+
+def rank0_flag(ctx: DistContext, flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (so all ranks take a decision only rank 0 can make)."""
+    if not ctx.enabled:
+        return flag
+    out = broadcast_tensor(ctx, torch.tensor([float(flag)], device=device), dtype=torch.float32, device=device)
+    return bool(out[0] > 0)
+
+
 def shard_range(ctx: DistContext, n: int) -> Tensor:
     """This rank's contiguous share of ``range(n)`` (for the selection pass)."""
     return torch.tensor_split(torch.arange(n), ctx.world)[ctx.rank]

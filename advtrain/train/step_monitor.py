@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.train.progress import EpochProgress
+
 #: Order of the entries of the device-side statistics vector.
 _LOSS, _CORRECT, _SEEN, _FIRST_BAD, _BAD_KIND, _STOP = range(6)
 #: What went non-finite first (``_BAD_KIND``).
@@ -36,22 +38,16 @@ class StepTotals:
     bad_kind: str | None
     stop: bool
 
-    def partial(self) -> dict[str, Any]:
-        """The running sums in the form a mid-epoch checkpoint stores."""
-        return {"loss_sum": self.loss_sum, "correct": int(self.correct), "seen": int(self.seen)}
-
 
 class StepMonitor:
     """Per-epoch running sums (loss·count, correct, count) plus the first non-finite batch, on device.
 
-    Sums are float64, so counts stay exact and the loss sum is the same number a Python float
-    accumulation gave (bit-identical resumes).
+    A resumed epoch starts from the sums it had. Sums are float64, so counts stay exact and the loss
+    sum is the same number a Python float accumulation gave (bit-identical resumes).
     """
 
-    def __init__(self, device: torch.device, partial: dict[str, Any] | None = None) -> None:
-        partial = partial or {}
-        values = [float(partial.get("loss_sum", 0.0)), float(partial.get("correct", 0)),
-                  float(partial.get("seen", 0)), -1.0, 0.0, 0.0]
+    def __init__(self, device: torch.device, *, loss_sum: float = 0.0, correct: int = 0, seen: int = 0) -> None:
+        values = [float(loss_sum), float(correct), float(seen), -1.0, 0.0, 0.0]
         self.values = torch.tensor(values, dtype=torch.float64).to(device, non_blocking=True)
 
     def record(self, batch: int, loss_value: Tensor, correct: Tensor, count: Tensor | int,
@@ -106,19 +102,18 @@ def _clone(value: Any) -> Any:
 class FiniteState:
     """A device copy of everything a divergence must roll back: weights, optimizer, RNG, position."""
 
-    batch: int
+    progress: EpochProgress
     step: int
-    partial: dict[str, Any]
     model: dict[str, Tensor]
     optimizer: dict[str, Any]
     rng_cpu: Tensor
     rng_device: Tensor | None
 
     @classmethod
-    def take(cls, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, *, batch: int,
-             step: int, partial: dict[str, Any]) -> FiniteState:
+    def take(cls, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, *,
+             progress: EpochProgress, step: int) -> FiniteState:
         rng_device = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        return cls(batch, step, dict(partial), _clone(model.state_dict()), _clone(optimizer.state_dict()),
+        return cls(progress, step, _clone(model.state_dict()), _clone(optimizer.state_dict()),
                    torch.get_rng_state(), rng_device)
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:

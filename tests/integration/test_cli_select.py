@@ -78,3 +78,20 @@ def test_select_dump_indices(cli, tiny_recipe, tmp_path):
 def test_select_requires_dump_flag(cli, tiny_recipe):
     code, out = cli("select", tiny_recipe)
     assert code == 2 and "--dump-indices" in out
+
+
+def test_select_dump_is_the_run_coreset_format_plus_extras(cli, tiny_recipe, tmp_path):
+    """One coreset writer: `advtrain select` writes the run folder's coreset keys and dtypes, then its own."""
+    args = ["selector=gradmatch", "selector.fraction=0.5", "selector.batch_size=8"]
+    assert cli("run", tiny_recipe, "schedule.epochs=2", "schedule.warm_start_epochs=1", "train.max_steps_per_epoch=2",
+               *args)[0] == 0
+    code, out = cli("select", tiny_recipe, *args, "--checkpoint", tmp_path / "runs/tiny/last.safetensors",
+                    "--dump-indices", "--out", "c.npz")
+    assert code == 0, out
+    run, dump = np.load(tmp_path / "runs/tiny/coreset/epoch_001.npz"), np.load(tmp_path / "c.npz")
+    assert run.files == ["indices", "weights", "labels", "epoch"]
+    assert dump.files[:4] == run.files
+    assert set(dump.files[4:]) == {"label_histogram", "train_label_histogram", "n_train", "selector", "attack_s",
+                                   "features_s", "solver_s", "total_s", "size"}
+    for key in run.files:
+        assert dump[key].dtype == run[key].dtype and dump[key].ndim == run[key].ndim, key

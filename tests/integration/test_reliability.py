@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from advtrain.errors import UserError
 from advtrain.io import checkpoint as ckpt_io
+from advtrain.io.run_folder import RunFolder
 
 # Long enough epochs (≈0.5-1 s each on 2 cores) that a kill lands inside one.
 SLOW = ["data.n_train=1200", "data.batch_size=8", "schedule.epochs=3", "eval.every=0", "eval.n_examples=8",
@@ -162,8 +163,9 @@ def test_cuda_oom_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_path, ti
         return real_loss(model, x, y)
 
     monkeypatch.setattr(trainer.objective, "loss", loss_then_oom)
-    with pytest.raises(UserError, match="smaller data.batch_size") as info:
-        trainer.fit()
+    with pytest.raises(UserError, match="smaller data.batch_size") as info, \
+            RunFolder.claim(trainer.out_dir, resuming=False, overwrite=False) as folder:
+        trainer.fit(folder)
     assert "epoch 2" in str(info.value) and "is kept" in str(info.value)
     assert load_file(str(tmp_path / "runs/tiny/last.safetensors"))
 
@@ -171,14 +173,14 @@ def test_cuda_oom_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_path, ti
 def test_catastrophic_overfitting_guard_stops_and_reverts(tmp_path, tiny_recipe, monkeypatch):
     from advtrain.config.load import load_recipe
     from advtrain.eval.robust import AttackResult, EvalResult
-    from advtrain.train import loop
+    from advtrain.train import loop, overfit
     from advtrain.ui.console import SilentReporter
 
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe(str(tiny_recipe), ["schedule.epochs=4", "train.max_steps_per_epoch=2", "attack=fgsm",
                                             "train.overfit_guard=true", "eval.every=0"])
     probes = iter([0.8, 0.75, 0.1, 0.1])  # PGD-5 accuracy on the fixed batch collapses at epoch 3
-    real_evaluate = loop.evaluate
+    real_evaluate = overfit.evaluate
 
     def fake_evaluate(model, source, attacks, **kwargs):
         if attacks and attacks[0].name == "pgd5":
@@ -187,9 +189,10 @@ def test_catastrophic_overfitting_guard_stops_and_reverts(tmp_path, tiny_recipe,
                               acc, 0.0)
         return real_evaluate(model, source, attacks, **kwargs)
 
-    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    monkeypatch.setattr(overfit, "evaluate", fake_evaluate)
     trainer = loop.Trainer(recipe, SilentReporter())
-    result = trainer.fit()
+    with RunFolder.claim(trainer.out_dir, resuming=False, overwrite=False) as folder:
+        result = trainer.fit(folder)
     assert trainer.stopped_early and result.epochs_run == 3
     saved = _model(tmp_path / "runs/tiny/last.safetensors")  # still the epoch-2 checkpoint
     current = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}

@@ -123,7 +123,7 @@ def test_fp16_grad_scaler_branch_trains_and_round_trips_its_state(device, tmp_pa
 
 
 def test_step_monitor_sums_on_device_and_finds_the_first_bad_step(device):
-    monitor = StepMonitor(device, {"loss_sum": 1.5, "correct": 2, "seen": 3})
+    monitor = StepMonitor(device, loss_sum=1.5, correct=2, seen=3)
     one = torch.ones((), device=device)
     monitor.record(3, torch.tensor(0.5, device=device), 2 * one, 4, grads_finite=one.bool())
     monitor.record(4, torch.tensor(float("nan"), device=device), one, 4, grads_finite=one.bool())
