@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advtrain.attacks import PGDParams
-from advtrain.config.load import Component
+from advtrain.config.recipe import Component
 from advtrain.models import build_model
 from advtrain.objectives import OBJECTIVES
 from advtrain.objectives.objectives import TradesParams, trades_attack
