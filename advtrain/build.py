@@ -1,21 +1,34 @@
-"""Build the components a recipe names. Each ``build_*`` returns one object.
+"""Build the components a recipe names: the one place anything is instantiated from a recipe.
 
-Every builder runs inside :func:`building`, the last line of defence: whatever a component (or
-the third-party code under it) raises while being built from the recipe becomes a
-:class:`BuildError` naming the section and the component, never a traceback.
+:func:`build_run` returns every component of a training run (the trainer and ``advtrain
+select`` use it), :func:`build_evaluation` the data and model of a checkpoint (``advtrain
+eval``). Each ``build_*`` below makes one component through its registry entry,
+``REGISTRY.get(name).build(params, **deps)``. Every builder runs inside :func:`building`, the last
+line of defence: whatever a component (or the third-party code under it) raises while being
+built from the recipe becomes a :class:`BuildError` naming the section and the component, never a
+traceback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from advtrain.config.load import Recipe
+from advtrain.config.data_checks import check_model_takes, num_classes_problem, selector_fit_problem
+from advtrain.config.recipe import Recipe
+from advtrain.data import DATASETS, DataBundle
 from advtrain.errors import RecipeError, UserError
+from advtrain.io import checkpoint as ckpt_io
+from advtrain.models import MODELS
+from advtrain.optim import LR_SCHEDULES, OPTIMIZERS, LrFn
+from advtrain.runtime.device import keeps_data_on_device, prefers_channels_last
+from advtrain.selection import SELECTORS
+from advtrain.selection.selectors import Selector
 
 
 class BuildError(UserError):
@@ -39,13 +52,66 @@ def building(section: str, name: str) -> Iterator[None]:
             f"the component's documentation (run with --debug to see the traceback).") from err
 
 
-def build_data(recipe: Recipe) -> Any:
-    """The dataset bundle (train/val/test sources plus shape, classes and loader settings)."""
-    from advtrain.data import DATASETS
+@dataclass
+class RunComponents:
+    """Everything a training run is made of, built from its recipe (the model on its device)."""
 
+    data: DataBundle
+    model: nn.Module
+    objective: Any
+    selection_objective: Any
+    selector: Selector
+    optimizer: torch.optim.Optimizer
+    lr_factor: LrFn
+    eval_attacks: list[Any]
+
+
+@dataclass
+class EvalComponents:
+    """What evaluating a checkpoint needs: its data and its model, weights loaded, in eval mode."""
+
+    data: DataBundle
+    model: nn.Module
+
+
+def build_run(recipe: Recipe, device: torch.device, *, weights: Any = None) -> RunComponents:
+    """Every component of a run of ``recipe`` on ``device``.
+
+    In-memory data moves to the device and the model takes channels-last where the recipe's
+    ``train`` section and the device ask for it. ``weights``: a loaded checkpoint whose model
+    weights replace the fresh ones (``advtrain select --checkpoint``).
+    """
+    data = build_data(recipe)
+    check_selector_fits(recipe, data)
+    if keeps_data_on_device(device, recipe.train.data_on_device):
+        data = move_data_to_device(data, device)
+    model = build_model_for(recipe, data, weights_from_checkpoint=weights is not None)
+    if weights is not None:
+        ckpt_io.load_model_weights(weights, model)
+    model = model.to(device)
+    if prefers_channels_last(device, recipe.train.channels_last):
+        model = model.to(memory_format=torch.channels_last)
+    objective = build_objective(recipe)
+    return RunComponents(
+        data=data, model=model, objective=objective,
+        selection_objective=build_selection_objective(recipe, objective), selector=build_selector(recipe),
+        optimizer=build_optimizer(recipe, model), lr_factor=build_lr_schedule(recipe),
+        eval_attacks=build_eval_attacks(recipe.eval.attacks, eps=recipe.eval.eps, alpha=recipe.eval.alpha))
+
+
+def build_evaluation(recipe: Recipe, checkpoint: Any, device: torch.device) -> EvalComponents:
+    """The data and model of a loaded ``checkpoint`` whose stored recipe is ``recipe``, on ``device``."""
+    data = build_data(recipe)
+    model = build_model_for(recipe, data, weights_from_checkpoint=True)
+    ckpt_io.load_model_weights(checkpoint, model)
+    return EvalComponents(data=data, model=model.to(device).eval())
+
+
+def build_data(recipe: Recipe) -> DataBundle:
+    """The dataset bundle (train/val/test sources plus shape, classes and loader settings)."""
     data = recipe.components["data"]
     with building("data", data.name):
-        return DATASETS.get(data.name).constructor(data.params)
+        return DATASETS.get(data.name).build(data.params)
 
 
 def build_model_for(recipe: Recipe, data: Any, *, weights_from_checkpoint: bool = False) -> nn.Module:
@@ -55,40 +121,16 @@ def build_model_for(recipe: Recipe, data: Any, *, weights_from_checkpoint: bool 
     ignored (a recipe stored in a downloaded checkpoint never makes timm fetch anything).
     A one-image forward pass checks that the model takes the data's image size and class count.
     """
-    from advtrain.models import build_model
-
     spec = recipe.components["model"].params
-    num_classes = spec.num_classes if spec.num_classes is not None else data.num_classes
-    if num_classes != data.num_classes:
-        raise RecipeError([f"model.num_classes: {num_classes} but dataset '{recipe.components['data'].name}' "
-                           f"has {data.num_classes} classes; remove model.num_classes or set it to "
-                           f"{data.num_classes}"], source=recipe.source)
+    mismatch = num_classes_problem(spec.num_classes, recipe.components["data"].name, data.num_classes)
+    if mismatch:
+        raise RecipeError([mismatch], source=recipe.source)
     with building("model", spec.name):
-        model = build_model(spec.name, num_classes=num_classes, in_chans=data.image_shape[0], mean=data.mean,
-                            std=data.std, pretrained=spec.pretrained and not weights_from_checkpoint,
-                            **dict(spec.kwargs))
-    _check_model_takes(model, spec.name, data.image_shape, num_classes)
+        model = MODELS.get(spec.name).build(spec, num_classes=data.num_classes, in_chans=data.image_shape[0],
+                                            mean=data.mean, std=data.std,
+                                            pretrained=False if weights_from_checkpoint else None)
+    check_model_takes(model, spec.name, data.image_shape, data.num_classes)
     return model
-
-
-def _check_model_takes(model: nn.Module, name: str, image_shape: tuple[int, int, int], num_classes: int) -> None:
-    """One zero image through the model (eval mode, no grad), before anything trains or attacks it."""
-    c, h, w = image_shape
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, c, h, w))
-    except Exception as err:  # noqa: BLE001 - any shape failure inside the network
-        detail = (str(err).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"model '{name}' cannot take the data's {c}×{h}×{w} images ({type(err).__name__}: "
-                        f"{detail}); pick a model made for this image size (small_cnn for 8×8 or 28×28, "
-                        f"*_cifar models for 32×32) or change the data's image size") from err
-    finally:
-        model.train(was_training)
-    if tuple(out.shape) != (1, num_classes):
-        raise UserError(f"model '{name}' maps a {c}×{h}×{w} image to outputs of shape {tuple(out.shape)[1:]}, "
-                        f"not ({num_classes},) class scores; pick another model")
 
 
 def build_objective(recipe: Recipe) -> Any:
@@ -117,20 +159,25 @@ def build_selection_objective(recipe: Recipe, objective: Any) -> Any:
     return OBJECTIVES.get(section.name).build(section.params, attack=entry.build(entry.params(**values)))
 
 
-def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    from advtrain.train.optim import OPTIMIZERS
+def build_selector(recipe: Recipe) -> Selector:
+    """The selector: features and labels in, a weighted coreset out."""
+    selector = recipe.components["selector"]
+    with building("selector", selector.name):
+        return SELECTORS.get(selector.name).build(selector.params)
 
+
+def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer over the model's trainable parameters."""
     optim = recipe.components["optim"]
     with building("optim", optim.name):
-        return OPTIMIZERS.get(optim.name).constructor(optim.params, model)
+        return OPTIMIZERS.get(optim.name).build(optim.params, model=model)
 
 
-def build_lr_schedule(recipe: Recipe) -> Any:
-    from advtrain.train.lr import LR_SCHEDULES
-
+def build_lr_schedule(recipe: Recipe) -> LrFn:
+    """The learning-rate multiplier as a function of (fractional epoch, total epochs)."""
     sched = recipe.components["lr_schedule"]
     with building("lr_schedule", sched.name):
-        return LR_SCHEDULES.get(sched.name).constructor(sched.params)
+        return LR_SCHEDULES.get(sched.name).build(sched.params)
 
 
 def build_eval_attacks(names: list[str], **overrides: Any) -> list[Any]:
@@ -142,18 +189,10 @@ def build_eval_attacks(names: list[str], **overrides: Any) -> list[Any]:
 
 def check_selector_fits(recipe: Recipe, data: Any) -> None:
     """Refuse per-class batch-wise selection when a class is smaller than one candidate batch."""
-    params = recipe.components["selector"].params
-    if params is None or not getattr(params, "per_class", False) or getattr(params, "granularity", "") != "batch":
-        return
-    size = params.batch_size or data.batch_size
     counts = torch.bincount(data.train.labels, minlength=data.num_classes).tolist()
-    small = [(c, n) for c, n in enumerate(counts) if 0 < n < size]
-    if small:
-        c, n = small[0]
-        raise RecipeError([
-            f"selector.batch_size {size} is larger than class {c} ({n} training samples): per-class "
-            f"batch-wise selection needs at least one full batch per class; lower selector.batch_size "
-            f"(it defaults to data.batch_size) or set selector.per_class=false"], source=recipe.source)
+    problem = selector_fit_problem(recipe.components["selector"].params, counts, data.batch_size)
+    if problem:
+        raise RecipeError([problem], source=recipe.source)
 
 
 def move_data_to_device(data: Any, device: torch.device, max_bytes: int = 8 * 2**30) -> Any:

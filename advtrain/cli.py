@@ -67,7 +67,7 @@ def validate(
     recipe: str = typer.Argument(..., help="recipe .yaml path or shipped recipe name"),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides"),
 ) -> None:
-    """Validate a recipe (with overrides) and print it fully resolved, or every error at once."""
+    """Validate a recipe (with overrides) against its data and print it fully resolved, or every error at once."""
     from advtrain.config.load import load_recipe
     from advtrain.ui import console
 
@@ -190,7 +190,7 @@ def list_cmd(kind: str = typer.Argument(..., help=" | ".join(LIST_KINDS))) -> No
     if kind not in LIST_KINDS:
         raise UserError(f"unknown kind '{kind}'{did_you_mean(kind, LIST_KINDS)} (choices: {', '.join(LIST_KINDS)})")
     if kind == "recipes":
-        from advtrain.config.load import recipes_dir
+        from advtrain.config.read import recipes_dir
 
         rows = []
         for path in sorted(recipes_dir().glob("*.yaml")):
@@ -206,11 +206,11 @@ def list_cmd(kind: str = typer.Argument(..., help=" | ".join(LIST_KINDS))) -> No
         console.print_table("evaluation attacks (eval.attacks, advtrain eval --attack)", ["name", "what"],
                             list_eval_presets())
         return
-    from advtrain.config.load import section_registry
+    from advtrain.config.sections import SECTION_REGISTRIES
 
     section = {"models": "model", "datasets": "data", "objectives": "objective", "selectors": "selector",
                "optimizers": "optim", "lr_schedules": "lr_schedule"}[kind]
-    _print_registry(kind, section_registry(section), describe_fields)
+    _print_registry(kind, SECTION_REGISTRIES[section], describe_fields)
     if kind == "models":
         console.info("Any timm model name also works (e.g. model.name=resnet50); CIFAR-style models are "
                      "registered into timm by advtrain.")

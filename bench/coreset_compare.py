@@ -155,18 +155,20 @@ def _record_matching_errors(sink: list[float]) -> None:
     """Wrap the GradMatch selector so each selection appends its relative matching error to ``sink``."""
     entry = SELECTORS.get("gradmatch")
 
-    def builder(params, features, labels, **kwargs):
-        sel = entry.constructor(params, features, labels, **kwargs)
-        feats = features.cpu().double()
-        groups = [labels == c for c in labels.unique()] if params.per_class else [torch.ones_like(labels, dtype=bool)]
-        target = torch.cat([feats[g].sum(0) for g in groups])
-        member = torch.zeros(len(labels), dtype=torch.float64)
-        member[sel.indices] = sel.weights.double()
-        approx = torch.cat([(member[g][:, None] * feats[g]).sum(0) for g in groups])
-        sink.append(float((approx - target).norm() / target.norm()))
-        return sel
+    class Recording(entry.constructor):
+        def __call__(self, features, labels, **kwargs):
+            sel = super().__call__(features, labels, **kwargs)
+            feats = features.cpu().double()
+            groups = [labels == c for c in labels.unique()] if self.params.per_class else \
+                [torch.ones_like(labels, dtype=bool)]
+            target = torch.cat([feats[g].sum(0) for g in groups])
+            member = torch.zeros(len(labels), dtype=torch.float64)
+            member[sel.indices] = sel.weights.double()
+            approx = torch.cat([(member[g][:, None] * feats[g]).sum(0) for g in groups])
+            sink.append(float((approx - target).norm() / target.norm()))
+            return sel
 
-    SELECTORS._entries["gradmatch"] = dataclasses.replace(entry, builder=builder)
+    SELECTORS._entries["gradmatch"] = dataclasses.replace(entry, constructor=Recording)
 
 
 def _times(value: float | None) -> str:

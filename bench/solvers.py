@@ -53,8 +53,8 @@ def run(name: str, n: int, d: int, granularity: str, per_class: bool, device: st
     times = []
     for r in range(repeats):
         start = time.perf_counter()
-        SELECTORS.get(name).constructor(params, feats, labels, generator=torch.Generator().manual_seed(r),
-                                        batch_size=128)
+        SELECTORS.get(name).build(params)(feats, labels, generator=torch.Generator().manual_seed(r),
+                                          batch_size=128)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -28,7 +28,7 @@ from _common import (
     write_result,
 )
 
-from advtrain.config.load import validate
+from advtrain.config.validate import validate
 from advtrain.train.loop import Trainer
 from advtrain.ui.console import SilentReporter
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from advtrain import __version__, build
-from advtrain.config.load import apply_overrides, recipe_from_yaml_text, validate
+from advtrain.config.load import recipe_from_yaml_text
 from advtrain.errors import UserError
 from advtrain.eval.robust import evaluate
 from advtrain.io import checkpoint as ckpt_io
@@ -51,17 +51,15 @@ def _number(text: str | None, flag: str) -> float | None:
 
 def load_model_from_checkpoint(path: Path, data_overrides: list[str],
                                device: torch.device) -> tuple[Any, Any, Any, Any]:
-    """(checkpoint, recipe, data, model) with the checkpoint's weights loaded, in eval mode."""
+    """(checkpoint, recipe, data, model) with the checkpoint's weights loaded, in eval mode.
+
+    The stored recipe, with the ``--data`` overrides, goes through the same validation pass as a
+    recipe file (:func:`~advtrain.config.load.recipe_from_yaml_text`).
+    """
     ckpt = ckpt_io.load(path)
-    recipe = recipe_from_yaml_text(ckpt.recipe_yaml, source=f"{path} (stored recipe)")
-    if data_overrides:
-        extra = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
-        recipe = validate(apply_overrides(recipe.resolved, extra), source=f"{path} (stored recipe + --data)",
-                          interpolate=False)
-    data = build.build_data(recipe)
-    model = build.build_model_for(recipe, data, weights_from_checkpoint=True)
-    ckpt_io.load_model_weights(ckpt, model)
-    return ckpt, recipe, data, model.to(device).eval()
+    recipe = recipe_from_yaml_text(ckpt.recipe_yaml, source=f"{path} (stored recipe)", data_overrides=data_overrides)
+    built = build.build_evaluation(recipe, ckpt, device)
+    return ckpt, recipe, built.data, built.model
 
 
 def _checkpoint_balls(recipe: Any) -> tuple[Any, Any, Any]:

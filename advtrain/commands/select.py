@@ -24,19 +24,12 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
     recipe = load_recipe(recipe_path, overrides)
     dev = pick_device(device or recipe.device)
     seed_everything(recipe.seed)
-    data = build.build_data(recipe)
-    build.check_selector_fits(recipe, data)
-    model = build.build_model_for(recipe, data)
-    epoch = 0
-    if checkpoint is not None:
-        ckpt = ckpt_io.load(checkpoint)
-        ckpt_io.load_model_weights(ckpt, model)
-        epoch = int(ckpt.meta.get("epoch", 0))
-    model = model.to(dev)
-    selector = recipe.components["selector"]
-    objective = build.build_selection_objective(recipe, build.build_objective(recipe))
-    coreset, timing = select_coreset(model, objective, selector, data, seed=recipe.seed,
-                            epoch=epoch, device=dev, amp_dtype=resolve_precision(recipe.precision, dev))
+    ckpt = ckpt_io.load(checkpoint) if checkpoint is not None else None
+    epoch = int(ckpt.meta.get("epoch", 0)) if ckpt is not None else 0
+    built = build.build_run(recipe, dev, weights=ckpt)
+    data, selector = built.data, recipe.components["selector"]
+    coreset, timing = select_coreset(built.model, built.selection_objective, built.selector, data, seed=recipe.seed,
+                                     epoch=epoch, device=dev, amp_dtype=resolve_precision(recipe.precision, dev))
     hist = torch.bincount(coreset.labels, minlength=data.num_classes).numpy()
     full_hist = torch.bincount(data.train.labels.cpu(), minlength=data.num_classes).numpy()
     extra = {"label_histogram": hist, "train_label_histogram": full_hist, "n_train": np.array(len(data.train)),

@@ -1,6 +1,6 @@
 """Datasets as in-memory uint8 arrays (or image folders) yielding ``(x, y, index)`` batches.
 
-``DATASETS.get(name).constructor(params)`` returns a :class:`DataBundle`; ``iterate_batches`` turns
+``DATASETS.get(name).build(params)`` returns a :class:`DataBundle`; ``iterate_batches`` turns
 a source and row indices into batches on the device, augmented there.
 """
 

@@ -31,14 +31,15 @@ def memory_limit() -> int:
         return 16 * 2**30
 
 
-def _check_members(path: Path, limit: int) -> None:
+def _check_members(path: Path, limit: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Read each member's .npy header (never its data) and refuse sizes beyond ``limit`` bytes.
 
     A .npz is a zip: a few kilobytes can declare or decompress to terabytes. The header gives
     shape and dtype; they must agree with the member's stored size, and all members together
-    must fit in memory, before numpy allocates anything.
+    must fit in memory, before numpy allocates anything. Returns each member's (shape, dtype).
     """
     total = 0
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -67,8 +68,10 @@ def _check_members(path: Path, limit: int) -> None:
                     raise DataError(f"'{path}' key '{name}' declares shape {tuple(shape)} {dtype} "
                                     f"({nbytes} bytes) but holds {info.file_size - header} bytes; the file is "
                                     "corrupt or was not written by numpy.savez")
+                headers[name] = (tuple(shape), dtype)
     except (zipfile.BadZipFile, OSError) as err:
         raise DataError(f"cannot read '{path}' as a .npz archive ({err})") from None
+    return headers
 
 
 @dataclass
@@ -81,21 +84,29 @@ class LoadedArrays:
     class_names: list[str] | None
 
 
+def _image_layout(shape: tuple[int, ...], dtype: np.dtype, where: str) -> tuple[int, int, int]:
+    """C×H×W of an N×H×W×C (or N×H×W) image array of ``shape``/``dtype``, or a DataError."""
+    if len(shape) == 3:
+        shape = (*shape, 1)
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        hint = ""
+        if len(shape) == 4 and shape[1] in (1, 3):
+            hint = " — it looks channels-first; transpose it with x.transpose(0, 2, 3, 1)"
+        raise DataError(f"{where} has shape {shape}; expected N×H×W×C with C = 1 or 3 (channels last) or "
+                        f"N×H×W for grayscale{hint}")
+    if shape[0] == 0:
+        raise DataError(f"{where} holds no images (shape {shape})")
+    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+        raise DataError(f"{where} has dtype {dtype}; expected uint8 (0..255) or float in [0, 1]")
+    return (shape[3], shape[1], shape[2])
+
+
 def _images(x: np.ndarray, where: str) -> torch.Tensor:
     """N×H×W×C (or N×H×W) uint8/float[0,1] → uint8 N×C×H×W tensor."""
+    _image_layout(x.shape, x.dtype, where)
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        hint = ""
-        if x.ndim == 4 and x.shape[1] in (1, 3):
-            hint = " — it looks channels-first; transpose it with x.transpose(0, 2, 3, 1)"
-        raise DataError(f"{where} has shape {x.shape}; expected N×H×W×C with C = 1 or 3 (channels last) or "
-                        f"N×H×W for grayscale{hint}")
-    if len(x) == 0:
-        raise DataError(f"{where} holds no images (shape {x.shape})")
     if x.dtype != np.uint8:
-        if not np.issubdtype(x.dtype, np.floating):
-            raise DataError(f"{where} has dtype {x.dtype}; expected uint8 (0..255) or float in [0, 1]")
         low, high = float(np.min(x)), float(np.max(x))
         if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 1):
             raise DataError(f"{where} is float with values in [{low}, {high}]; float images must lie in "
@@ -116,9 +127,23 @@ def _labels(y: np.ndarray, n: int, where: str) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
-def load_npz(path: str | Path, *, num_classes: int | None = None,
-             image_shape: tuple[int, int, int] | None = None, max_bytes: int | None = None) -> LoadedArrays:
-    """Load and check ``path``; infer ``num_classes`` as max label + 1 when None.
+@dataclass
+class NpzFacts:
+    """What a validated ``.npz`` holds, read without its images: layout, classes and labels."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    train_labels: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: list[str] | None
+
+
+def read_npz_facts(path: str | Path, *, num_classes: int | None = None,
+                   image_shape: tuple[int, int, int] | None = None, max_bytes: int | None = None) -> NpzFacts:
+    """Every check of :func:`load_npz` that needs no image data: headers, keys, layouts and labels.
+
+    Cheap (array headers and label arrays only), so recipe validation runs it before anything is
+    built; :func:`load_npz` runs it too, so both refuse a file with the same words.
 
     Args:
         path: The ``.npz`` file.
@@ -133,41 +158,40 @@ def load_npz(path: str | Path, *, num_classes: int | None = None,
     if not zipfile.is_zipfile(path):
         raise DataError(f"'{path}' is not a .npz archive (truncated, or another format); write it with "
                         f"numpy.savez(path, train_x=..., train_y=..., test_x=..., test_y=...)")
-    _check_members(path, memory_limit() if max_bytes is None else max_bytes)
+    headers = _check_members(path, memory_limit() if max_bytes is None else max_bytes)
+    missing = [k for k in REQUIRED_KEYS if k not in headers]
+    if missing:
+        have = ", ".join(headers) or "none"
+        raise DataError(f"'{path}' lacks key(s) {', '.join(missing)}; it has {have}"
+                        f" and needs {', '.join(REQUIRED_KEYS)} (plus optional 'classes')")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in REQUIRED_KEYS if k not in npz.files]
-            if missing:
-                have = ", ".join(npz.files) or "none"
-                raise DataError(f"'{path}' lacks key(s) {', '.join(missing)}; it has {have}"
-                                f" and needs {', '.join(REQUIRED_KEYS)} (plus optional 'classes')")
-            arrays = {k: npz[k] for k in (*REQUIRED_KEYS, "classes") if k in npz.files}
+            arrays = {k: npz[k] for k in ("train_y", "test_y", "classes") if k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"cannot read '{path}' as a .npz of plain arrays ({err}); save it with numpy.savez "
                         "(object arrays are refused because they would need pickle)") from err
 
-    splits = {}
+    shapes, labels = {}, {}
     for split in ("train", "test"):
-        images = _images(arrays[f"{split}_x"], f"'{path}' key '{split}_x'")
-        labels = _labels(arrays[f"{split}_y"], len(images), f"'{path}' key '{split}_y'")
-        splits[split] = ArraySource(images, labels)
-    train, test = splits["train"], splits["test"]
-    if train.image_shape != test.image_shape:
-        raise DataError(f"'{path}': train_x images are {train.image_shape} (C×H×W) but test_x images are "
-                        f"{test.image_shape}; both splits need the same size and channels")
-    if image_shape is not None and train.image_shape != tuple(image_shape):
-        raise DataError(f"'{path}': images are {train.image_shape} (C×H×W) but this dataset needs "
+        shape, dtype = headers[f"{split}_x"]
+        shapes[split] = _image_layout(shape, dtype, f"'{path}' key '{split}_x'")
+        labels[split] = _labels(arrays[f"{split}_y"], shape[0], f"'{path}' key '{split}_y'")
+    if shapes["train"] != shapes["test"]:
+        raise DataError(f"'{path}': train_x images are {shapes['train']} (C×H×W) but test_x images are "
+                        f"{shapes['test']}; both splits need the same size and channels")
+    if image_shape is not None and shapes["train"] != tuple(image_shape):
+        raise DataError(f"'{path}': images are {shapes['train']} (C×H×W) but this dataset needs "
                         f"{tuple(image_shape)}")
 
-    top = int(max(train.labels.max(), test.labels.max() if len(test) else 0))
+    top = int(max(labels["train"].max(), labels["test"].max() if len(labels["test"]) else 0))
     if num_classes is None:
         num_classes = top + 1
         if num_classes > MAX_CLASSES:
             raise DataError(f"'{path}' contains the label {top}, which would mean {num_classes} classes (at most "
                             f"{MAX_CLASSES}); labels must be 0..num_classes-1 class indices")
-    for split, source in splits.items():
-        if len(source) and int(source.labels.max()) >= num_classes:
-            top = int(source.labels.max())
+    for split, values in labels.items():
+        if len(values) and int(values.max()) >= num_classes:
+            top = int(values.max())
             raise DataError(f"'{path}' key '{split}_y' contains the label {top} but there are {num_classes} "
                             f"classes; labels must be 0..{num_classes - 1} (set data.num_classes or fix the "
                             "labels)")
@@ -179,4 +203,21 @@ def load_npz(path: str | Path, *, num_classes: int | None = None,
             raise DataError(f"'{path}' key 'classes' has shape {classes.shape}; expected ({num_classes},), "
                             "one name per class")
         names = [str(c) for c in classes]
-    return LoadedArrays(train, test, num_classes, names)
+    return NpzFacts(shapes["train"], num_classes, labels["train"], labels["test"], names)
+
+
+def load_npz(path: str | Path, *, num_classes: int | None = None,
+             image_shape: tuple[int, int, int] | None = None, max_bytes: int | None = None) -> LoadedArrays:
+    """Load and check ``path`` (:func:`read_npz_facts`, then the images); infer ``num_classes`` as max
+    label + 1 when None. Arguments as for :func:`read_npz_facts`."""
+    facts = read_npz_facts(path, num_classes=num_classes, image_shape=image_shape, max_bytes=max_bytes)
+    path = Path(path).expanduser()
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images = {split: _images(npz[f"{split}_x"], f"'{path}' key '{split}_x'") for split in ("train", "test")}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read '{path}' as a .npz of plain arrays ({err}); save it with numpy.savez "
+                        "(object arrays are refused because they would need pickle)") from err
+    train = ArraySource(images["train"], facts.train_labels)
+    test = ArraySource(images["test"], facts.test_labels)
+    return LoadedArrays(train, test, facts.num_classes, facts.class_names)

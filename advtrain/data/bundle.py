@@ -46,6 +46,12 @@ def split_validation(source: Source, val_fraction: float, seed: int) -> tuple[So
     return source.subset(torch.nonzero(~is_val).flatten()), source.subset(torch.nonzero(is_val).flatten())
 
 
+def split_counts(counts: list[int], val_fraction: float) -> list[int]:
+    """Per-class sizes of the training part that :func:`split_validation` leaves (it holds out
+    ``round(n_class · val_fraction)`` of each class whatever the seed)."""
+    return [n - round(n * val_fraction) for n in counts]
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 N×C×H×W images, in [0,1] units.
 

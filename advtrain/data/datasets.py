@@ -48,6 +48,13 @@ class LoaderParams:
     num_workers: int = param(0, ge=0, le=256, help="decoding workers (image folders only)")
 
 
+def check_training_left(params: LoaderParams, total: int, left: int) -> None:
+    """Refuse a validation split that leaves no training image."""
+    if left == 0:
+        raise DataError(f"data.val_fraction={params.val_fraction} holds out all {total} training images, "
+                        "leaving none to train on; lower data.val_fraction")
+
+
 def _bundle(params: LoaderParams, train: ArraySource | FolderSource, test: ArraySource | FolderSource,
             num_classes: int, class_names: list[str], stats: tuple | None = None) -> DataBundle:
     """Split validation off ``train`` and fill the bundle; ``stats`` None = compute from ``train``."""
@@ -55,9 +62,7 @@ def _bundle(params: LoaderParams, train: ArraySource | FolderSource, test: Array
         assert isinstance(train, ArraySource)
         stats = channel_stats(train.images)
     train_part, val = split_validation(train, params.val_fraction, params.split_seed)
-    if len(train_part) == 0:
-        raise DataError(f"data.val_fraction={params.val_fraction} holds out all {len(train)} training images, "
-                        "leaving none to train on; lower data.val_fraction")
+    check_training_left(params, len(train), len(train_part))
     return DataBundle(train=train_part, val=val, test=test, num_classes=num_classes,
                       image_shape=train.image_shape, mean=tuple(stats[0]), std=tuple(stats[1]),
                       class_names=list(class_names), augment=params.augment, padding=params.padding,
@@ -108,17 +113,26 @@ class SvhnParams(TorchvisionParams):
 def _torchvision(cls: Any, root: str, download: bool, title: str, train: dict, test: dict,
                  has_path: bool) -> tuple[Any, Any]:
     """Torchvision's train and test sets (``train``/``test``: their split arguments), or a DataError."""
-    folder = Path(root).expanduser() / getattr(cls, "base_folder", "")
-    npz = ", or set data.path=<file.npz> with train_x/train_y/test_x/test_y" if has_path else ""
     try:
         splits = cls(root, download=download, **train), cls(root, download=download, **test)
     except (RuntimeError, OSError) as err:
         if download:
+            npz = _NPZ_HINT if has_path else ""
             raise DataError(f"could not download {title} into '{root}' ({err}); check the network, or fetch "
                             f"it elsewhere and point data.root at the folder that holds it{npz}") from err
-        raise DataError(f"{title} not found in '{folder}' (torchvision's layout); set data.download=true to "
-                        f"fetch it into data.root, or point data.root at a folder that has it{npz}") from err
+        raise torchvision_not_found(cls, root, title, has_path) from err
     return splits
+
+
+_NPZ_HINT = ", or set data.path=<file.npz> with train_x/train_y/test_x/test_y"
+
+
+def torchvision_not_found(cls: Any, root: str, title: str, has_path: bool) -> DataError:
+    """The error for a torchvision dataset missing from ``root`` (and not to be downloaded)."""
+    folder = Path(root).expanduser() / getattr(cls, "base_folder", "")
+    npz = _NPZ_HINT if has_path else ""
+    return DataError(f"{title} not found in '{folder}' (torchvision's layout); set data.download=true to "
+                     f"fetch it into data.root, or point data.root at a folder that has it{npz}")
 
 
 def _cifar(params: CifarParams, num_classes: int, title: str, stats: tuple) -> DataBundle:
@@ -178,7 +192,7 @@ class ImageFolderParams(LoaderParams):
     padding: int = param(16, ge=0, le=MAX_PADDING, help="zero padding of the random crop, in pixels")
 
 
-def _scan(folder: Path, classes: list[str] | None) -> tuple[list[tuple[str, int]], list[str]]:
+def scan_image_folder(folder: Path, classes: list[str] | None) -> tuple[list[tuple[str, int]], list[str]]:
     """(path, label) for every image under ``folder/<class>/``; labels follow ``classes`` (or sorted)."""
     if not folder.is_dir():
         raise DataError(f"image folder '{folder}' does not exist; expected one sub-folder per class")
@@ -198,17 +212,23 @@ def _scan(folder: Path, classes: list[str] | None) -> tuple[list[tuple[str, int]
     return samples, classes
 
 
-@DATASETS.register("imagefolder", params=ImageFolderParams)
-def build_imagefolder(params: ImageFolderParams) -> DataBundle:
-    """Images in class folders (e.g. the 12-class ImageNet subset of the perceptual-AT papers)."""
-    root = Path(params.root).expanduser()
+def image_folder_samples(root_text: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
+    """(train samples, test samples, class names) of an image-folder root (files listed, none decoded)."""
+    root = Path(root_text).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root '{root}' does not exist; it must hold train/ and val/ (or test/) folders")
     held_out = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if held_out is None:
         raise DataError(f"'{root}' has no val/ or test/ folder next to train/ (the test split comes from it)")
-    train_samples, classes = _scan(root / "train", None)
-    test_samples, _ = _scan(held_out, classes)
+    train_samples, classes = scan_image_folder(root / "train", None)
+    test_samples, _ = scan_image_folder(held_out, classes)
+    return train_samples, test_samples, classes
+
+
+@DATASETS.register("imagefolder", params=ImageFolderParams)
+def build_imagefolder(params: ImageFolderParams) -> DataBundle:
+    """Images in class folders (e.g. the 12-class ImageNet subset of the perceptual-AT papers)."""
+    train_samples, test_samples, classes = image_folder_samples(params.root)
     train = FolderSource(train_samples, params.image_size)
     test = FolderSource(test_samples, params.image_size)
     return _bundle(params, train, test, len(classes), classes, IMAGENET_STATS)
@@ -240,6 +260,15 @@ class SyntheticParams(LoaderParams):
     seed: int = param(0, ge=0, le=2**63 - 1, help="seed of prototypes, noise and labels")
 
 
+def check_synthetic_fits(params: SyntheticParams) -> None:
+    """Refuse synthetic data that would not fit in memory while it is generated."""
+    nbytes = 4 * (params.n_train + params.n_test) * params.channels * params.image_size**2
+    if nbytes > memory_limit():
+        raise DataError(f"synthetic data of {params.n_train + params.n_test} images of {params.channels}×"
+                        f"{params.image_size}×{params.image_size} needs {nbytes / 2**30:.1f} GiB while generated, "
+                        "more than half this machine's memory; lower data.n_train, data.n_test or data.image_size")
+
+
 def synthetic_arrays(n: int, prototypes: torch.Tensor, gen: torch.Generator,
                      noise: float = 0.15) -> ArraySource:
     """``n`` balanced samples: a class prototype plus Gaussian noise, clipped to [0,1]."""
@@ -252,11 +281,7 @@ def synthetic_arrays(n: int, prototypes: torch.Tensor, gen: torch.Generator,
 @DATASETS.register("synthetic", params=SyntheticParams)
 def build_synthetic(params: SyntheticParams) -> DataBundle:
     """Seeded, learnable random data (class prototypes plus noise) for tests and smoke runs."""
-    nbytes = 4 * (params.n_train + params.n_test) * params.channels * params.image_size**2
-    if nbytes > memory_limit():
-        raise DataError(f"synthetic data of {params.n_train + params.n_test} images of {params.channels}×"
-                        f"{params.image_size}×{params.image_size} needs {nbytes / 2**30:.1f} GiB while generated, "
-                        "more than half this machine's memory; lower data.n_train, data.n_test or data.image_size")
+    check_synthetic_fits(params)
     gen = torch.Generator().manual_seed(params.seed)
     shape = (params.num_classes, params.channels, params.image_size, params.image_size)
     prototypes = torch.rand(shape, generator=gen)

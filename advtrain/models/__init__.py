@@ -1,12 +1,13 @@
-"""Models: our small-image architectures in timm's registry, plus any timm model by name.
+"""Models: timm's registry is the model list; our small-image architectures are registered into it.
 
-``build_model`` returns a :class:`Classifier` (normalisation + timm network). ``MODELS`` lists
-the architectures advtrain adds; every other ``timm.list_models()`` name works too.
+``MODELS`` answers the recipe validator's and ``advtrain list``'s questions from timm's registry
+(is a name known, the did-you-mean hint, the params of a model section) and
+``MODELS.get(name).build(params, num_classes=..., in_chans=..., mean=..., std=...)`` returns a
+:class:`Classifier` (normalisation + timm network).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,10 @@ from advtrain.errors import UserError, did_you_mean
 from advtrain.models import cifar
 from advtrain.models.classifier import Classifier, Normalize
 from advtrain.params import param
-from advtrain.registry import Registry
+from advtrain.registry import Entry, UnknownComponentError
 
-__all__ = ["MODEL_KWARGS", "MODELS", "Classifier", "ModelParams", "Normalize", "build_model", "is_known_model",
-           "model_kwargs_problems"]
+__all__ = ["MODEL_KWARGS", "MODELS", "Classifier", "ModelCatalog", "ModelParams", "Normalize", "build_model",
+           "is_known_model", "model_kwargs_problems"]
 
 _RATE = (float, 0.0, 0.99)
 #: The only ``model.kwargs`` passed on to ``timm.create_model``: architecture knobs, as (type, low,
@@ -78,32 +79,57 @@ class ModelParams:
         return model_kwargs_problems(self.kwargs)
 
 
-MODELS = Registry("model")
+def classifier(params: ModelParams, *, num_classes: int, in_chans: int, mean: tuple, std: tuple,
+               pretrained: bool | None = None) -> Classifier:
+    """The model a ``model`` section names, for data of ``in_chans`` channels and ``num_classes`` classes.
+
+    ``pretrained`` None follows ``params.pretrained``; False never loads weights (e.g. when a
+    checkpoint's weights are loaded next, or when validation only checks the architecture).
+    """
+    load = params.pretrained if pretrained is None else pretrained
+    return build_model(params.name, num_classes=num_classes, in_chans=in_chans, mean=mean, std=std,
+                       pretrained=load, **dict(params.kwargs))
 
 
-def _builder(name: str) -> Callable[..., Classifier]:
-    def build(*, num_classes: int, in_chans: int, mean: tuple, std: tuple, pretrained: bool = False,
-              **kwargs: Any) -> Classifier:
-        return build_model(name, num_classes=num_classes, in_chans=in_chans, mean=mean, std=std,
-                           pretrained=pretrained, **kwargs)
+class ModelCatalog:
+    """timm's model registry seen as a component registry (every entry takes :class:`ModelParams`).
 
-    build.__doc__ = cifar.SUMMARIES[name]
-    return build
+    Any ``timm.list_models()`` name (or ``arch.tag``) is a model; :meth:`names` lists the ones
+    advtrain registers into timm (``advtrain list models``).
+    """
+
+    kind = "model"
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and timm.is_model(name)
+
+    def get(self, name: str) -> Entry:
+        """The entry for ``name``; raises with the did-you-mean hint when timm does not know it."""
+        if name not in self:
+            raise UnknownComponentError(self.unknown_message(name))
+        return Entry(name, classifier, ModelParams, cifar.SUMMARIES.get(name, "a timm model"))
+
+    def unknown_message(self, name: object) -> str:
+        """The message for an unknown model name: the closest of ours, else of timm's."""
+        hint = did_you_mean(str(name), self.names()) or did_you_mean(str(name), timm.list_models())
+        return (f"unknown model '{name}'{hint} (advtrain's: {', '.join(self.names())}; any timm model name "
+                "also works, see timm.list_models())")
+
+    def names(self) -> list[str]:
+        """The architectures advtrain registers into timm, sorted."""
+        return sorted(cifar.NAMES)
+
+    def entries(self) -> list[Entry]:
+        """Entries of :meth:`names`."""
+        return [self.get(n) for n in self.names()]
 
 
-for _name in cifar.NAMES:
-    MODELS.add(_name, _builder(_name), ModelParams)
+MODELS = ModelCatalog()
 
 
 def is_known_model(name: str) -> bool:
-    """True for our names and for any architecture (or ``arch.tag``) timm knows."""
-    return name in MODELS or timm.is_model(name)
-
-
-def _unknown_model_message(name: str) -> str:
-    hint = did_you_mean(name, MODELS.names()) or did_you_mean(name, timm.list_models())
-    return (f"unknown model '{name}'{hint} (advtrain's: {', '.join(MODELS.names())}; any timm model name "
-            "also works, see timm.list_models())")
+    """True for any architecture (or ``arch.tag``) in timm's registry, ours included."""
+    return name in MODELS
 
 
 def build_model(name: str, *, num_classes: int, in_chans: int, mean: tuple, std: tuple,
@@ -111,7 +137,7 @@ def build_model(name: str, *, num_classes: int, in_chans: int, mean: tuple, std:
     """Build ``name`` with timm and wrap it with the dataset's normalisation.
 
     Args:
-        name: One of ``MODELS`` or any timm model name.
+        name: Any timm model name (ours are registered into timm).
         num_classes: Size of the last layer.
         in_chans: Input channels (the dataset's; timm adapts pretrained stems).
         mean: Per-channel mean used to normalise inputs in [0,1].
@@ -125,14 +151,14 @@ def build_model(name: str, *, num_classes: int, in_chans: int, mean: tuple, std:
             network whose last layer is not an ``nn.Linear``.
     """
     if not is_known_model(name):
-        raise UserError(_unknown_model_message(name))
+        raise UserError(MODELS.unknown_message(name))
     refused = model_kwargs_problems(kwargs)
     if refused:
         raise UserError(f"model '{name}': " + "; ".join(f"model.{p}" for p in refused))
     if len(mean) != in_chans or len(std) != in_chans:
         raise UserError(f"model '{name}': the data has {in_chans} channel(s) but mean/std have "
                         f"{len(mean)}/{len(std)} values")
-    if pretrained and name not in MODELS and not timm.models.is_model_pretrained(name):
+    if pretrained and name not in cifar.NAMES and not timm.models.is_model_pretrained(name):
         raise UserError(f"timm has no pretrained weights for '{name}'; set model.pretrained=false or pick a "
                         "name from timm.list_models(pretrained=True)")
     try:

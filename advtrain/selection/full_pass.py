@@ -14,11 +14,8 @@ from advtrain.runtime.seeding import derive_seed, generator
 from advtrain.selection.coreset import Coreset, SelectionTiming
 from advtrain.selection.features import gradient_features
 
-#: Selectors that use only the labels (their selection pass attacks nothing).
-FEATURELESS = ("full", "random")
 
-
-def select_coreset(model: nn.Module, objective: Any, selector: Any, data: Any, *, seed: int, epoch: int,
+def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: Any, *, seed: int, epoch: int,
                    device: torch.device, amp_dtype: torch.dtype | None = None,
                    ctx: DistContext | None = None) -> tuple[Coreset, SelectionTiming]:
     """Build the adversarial points and gradient features of the whole training set and solve.
@@ -27,27 +24,25 @@ def select_coreset(model: nn.Module, objective: Any, selector: Any, data: Any, *
     selection is reproducible and a resumed run re-selects exactly as the original would. Data
     parallel: each rank attacks and scores its contiguous shard, the features are gathered in
     order, rank 0 solves and broadcasts the coreset, so every rank trains on the same subset.
-    """
-    from advtrain.selection import SELECTORS
 
+    ``selector`` is the built :class:`Selector` (``advtrain.build``).
+    """
     ctx = ctx or DistContext()
     start = time.perf_counter()
-    params = selector.params
-    if selector.name in FEATURELESS:  # a random subset needs no adversarial points: no attack pass
+    if not selector.needs_features:  # a random subset needs no adversarial points: no attack pass
         labels = data.train.labels.cpu()
         feats, timing = torch.zeros(len(labels), 0, device=device), SelectionTiming()
     else:
         feats, labels, timing = gradient_features(
             model, objective, data.train, batch_size=data.batch_size, device=device, amp_dtype=amp_dtype,
-            bias_only=getattr(params, "features", "weights") == "bias",
+            bias_only=selector.bias_only,
             indices=distributed.shard_range(ctx, len(data.train)) if ctx.enabled else None)
         feats, labels = distributed.gather_rows(ctx, feats), distributed.gather_rows(ctx, labels)
     solve_start = time.perf_counter()
     indices = weights = None
     if ctx.is_main:
-        result = SELECTORS.get(selector.name).constructor(params, feats, labels,
-                                                       generator=generator(derive_seed(seed, "select", epoch)),
-                                                       batch_size=data.batch_size)
+        result = selector(feats, labels, generator=generator(derive_seed(seed, "select", epoch)),
+                          batch_size=data.batch_size)
         indices, weights = result.indices, result.weights.float()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

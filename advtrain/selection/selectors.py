@@ -1,5 +1,8 @@
 """Selectors: gradient features + labels + budget → weighted coreset (``selector.name``).
 
+A registry entry is the selector class: ``SELECTORS.get(name).build(params)`` gives a callable
+:class:`Selector` that maps (features, labels) to a :class:`Coreset`.
+
 The budget is k = max(1, round(fraction·n)) samples (Python's ``round``: halves go to the even
 integer). Per-class selection splits k over the classes in proportion to their sizes
 (:func:`class_budgets`) and runs the solver inside each class.
@@ -247,49 +250,77 @@ def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: 
     return Coreset(indices[order], weights[order].float())
 
 
+class Selector:
+    """A selector built from its params: ``selector(features, labels, generator=..., batch_size=...)``
+    gives the weighted :class:`Coreset`. ``batch_size`` is the data's, the default candidate size."""
+
+    #: False for selectors that use only the labels: the selection pass then attacks nothing.
+    needs_features = True
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    @property
+    def bias_only(self) -> bool:
+        """Score on the last layer's bias gradient only (``features: bias``)."""
+        return getattr(self.params, "features", "weights") == "bias"
+
+    def __call__(self, features: Tensor, labels: Tensor, *, generator: torch.Generator,
+                 batch_size: int) -> Coreset:
+        return select_with(self.solve, self.params, features, labels, generator=generator, batch_size=batch_size)
+
+    def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Pick ``k`` of the candidates ``c``: (candidate positions, weight of each pick in samples)."""
+        raise NotImplementedError
+
+
 @SELECTORS.register("full")
-def select_full(params: None, features: Tensor, labels: Tensor, *, generator: torch.Generator,
-                batch_size: int) -> Coreset:
+class FullSelector(Selector):
     """Every sample, unit weights (plain adversarial training)."""
-    indices, weights = full_subset(len(labels))
-    return Coreset(indices, weights)
+
+    needs_features = False
+
+    def __call__(self, features: Tensor, labels: Tensor, *, generator: torch.Generator,
+                 batch_size: int) -> Coreset:
+        indices, weights = full_subset(len(labels))
+        return Coreset(indices, weights)
 
 
 @SELECTORS.register("random", RandomParams)
-def select_random(params: RandomParams, features: Tensor, labels: Tensor, *, generator: torch.Generator,
-                  batch_size: int) -> Coreset:
+class RandomSelector(Selector):
     """Uniformly random subset, re-drawn at every selection, unit weights."""
 
-    def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    needs_features = False
+
+    def __call__(self, features: Tensor, labels: Tensor, *, generator: torch.Generator,
+                 batch_size: int) -> Coreset:
+        selection = super().__call__(features, labels, generator=generator, batch_size=batch_size)
+        selection.weights = torch.ones_like(selection.weights)
+        return selection
+
+    def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         idx, _ = random_subset(len(c.sizes), k, gen)
         return idx, c.sizes[idx].double()
 
-    selection = select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)
-    selection.weights = torch.ones_like(selection.weights)
-    return selection
-
 
 @SELECTORS.register("craig", CraigParams)
-def select_craig(params: CraigParams, features: Tensor, labels: Tensor, *, generator: torch.Generator,
-                 batch_size: int) -> Coreset:
+class CraigSelector(Selector):
     """Adversarial CRAIG: facility location on last-layer gradient features."""
 
-    def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         # Batches count by their size, so a pick's weight is the number of samples it represents.
         mult = c.sizes if c.batch_size > 1 else None
-        eps = params.epsilon if params.greedy == "stochastic" else None
-        return facility_location(c.features, k, chunk_size=params.chunk_size, sample_weight=mult,
+        eps = self.params.epsilon if self.params.greedy == "stochastic" else None
+        return facility_location(c.features, k, chunk_size=self.params.chunk_size, sample_weight=mult,
                                  stochastic_eps=eps, generator=gen)
-
-    return select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)
 
 
 @SELECTORS.register("gradmatch", GradMatchParams)
-def select_gradmatch(params: GradMatchParams, features: Tensor, labels: Tensor, *, generator: torch.Generator,
-                     batch_size: int) -> Coreset:
+class GradMatchSelector(Selector):
     """Adversarial GradMatch: OMP on last-layer gradient features."""
 
-    def solver(c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        params = self.params
         try:
             if params.solver == "exact":
                 idx, w = orthogonal_matching_pursuit(c.features, k, lam=params.lam, target=c.target)
@@ -299,8 +330,6 @@ def select_gradmatch(params: GradMatchParams, features: Tensor, labels: Tensor, 
         except FactorTooLarge as err:
             raise UserError(_factor_advice(err, params)) from None
         return idx, w.double() * c.batch_size  # coefficient on the target's scale → samples
-
-    return select_with(solver, params, features, labels, generator=generator, batch_size=batch_size)
 
 
 def _factor_advice(err: FactorTooLarge, params: GradMatchParams) -> str:

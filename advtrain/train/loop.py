@@ -26,7 +26,7 @@ import yaml
 from torch import Tensor, nn
 
 from advtrain import build
-from advtrain.config.load import Recipe
+from advtrain.config.recipe import Recipe
 from advtrain.errors import CheckpointError, DivergenceError, UserError
 from advtrain.eval.robust import EvalResult, evaluate
 from advtrain.io import checkpoint as ckpt_io
@@ -38,9 +38,7 @@ from advtrain.runtime.device import (
     CUDA_OUT_OF_MEMORY,
     autocast,
     enable_cuda_autotuning,
-    keeps_data_on_device,
     pick_device,
-    prefers_channels_last,
     resolve_precision,
 )
 from advtrain.runtime.interrupts import StopRequest
@@ -113,19 +111,13 @@ class Trainer:
         self.device = distributed.init(self.dist, pick_device(device or recipe.device))
         self.amp_dtype = resolve_precision(recipe.precision, self.device)
         seed_everything(recipe.seed)
-        self.data = build.build_data(recipe)
-        build.check_selector_fits(recipe, self.data)
-        if keeps_data_on_device(self.device, recipe.train.data_on_device):
-            self.data = build.move_data_to_device(self.data, self.device)
-        self.model = self._setup_model()
+        parts = build.build_run(recipe, self.device)
+        enable_cuda_autotuning(self.device)
+        self.data, self.model, self.selector = parts.data, parts.model, parts.selector
         self.train_model = self._setup_train_model()
-        self.objective = build.build_objective(recipe)
-        self.selection_objective = build.build_selection_objective(recipe, self.objective)
-        self.optimizer = build.build_optimizer(recipe, self.model)
+        self.objective, self.selection_objective = parts.objective, parts.selection_objective
+        self.optimizer, self.lr_factor, self.eval_attacks = parts.optimizer, parts.lr_factor, parts.eval_attacks
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.lr_factor = build.build_lr_schedule(recipe)
-        self.eval_attacks = build.build_eval_attacks(recipe.eval.attacks, eps=recipe.eval.eps,
-                                                      alpha=recipe.eval.alpha)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.out_dir = Path(recipe.output.dir)
         self.files = RunFiles(self.out_dir, writes=self.dist.is_main)  # rank 0 alone writes
@@ -142,13 +134,6 @@ class Trainer:
         self.resume_point: EpochProgress | None = None  # the interrupted epoch a mid-epoch checkpoint continues
         self.run_id: str | None = None  # recorded in the run folder and in every checkpoint
         self.phase = "setup"  # setup | training | testing | reporting (for the interruption message)
-
-    def _setup_model(self) -> nn.Module:
-        model = build.build_model_for(self.recipe, self.data).to(self.device)
-        if prefers_channels_last(self.device, self.recipe.train.channels_last):
-            model = model.to(memory_format=torch.channels_last)
-        enable_cuda_autotuning(self.device)
-        return model
 
     def _setup_train_model(self) -> nn.Module:
         """The model the training step calls: DDP-wrapped when data parallel, compiled with ``train.compile``."""
@@ -438,20 +423,20 @@ class Trainer:
         """Attack the whole training set, take last-layer gradients, solve for the coreset."""
         from advtrain.selection.full_pass import select_coreset
 
-        selector = self.recipe.components["selector"]
         # The selection pass draws its own attack starts, so training randomness is the same
         # whether or not an epoch selects (and a resumed run replays it exactly).
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derive_seed(self.recipe.seed, "select-attack", epoch))
-            coreset, timing = select_coreset(self.model, self.selection_objective, selector, self.data,
+            coreset, timing = select_coreset(self.model, self.selection_objective, self.selector, self.data,
                                              seed=self.recipe.seed, epoch=epoch, device=self.device,
                                              amp_dtype=self.amp_dtype, ctx=self.dist)
         self.coreset = coreset
         self.files.write_coreset(epoch, indices=coreset.indices, weights=coreset.weights, labels=coreset.labels)
         info = timing.record(len(coreset))
         self.reporter.message(
-            f"selected {info['size']} of {len(self.data.train)} samples with {selector.name} at epoch "
+            f"selected {info['size']} of {len(self.data.train)} samples with {self.recipe.components['selector'].name} "
+            f"at epoch "
             f"{epoch + 1}: attack {timing.attack_s:.1f}s, features {timing.features_s:.1f}s, "
             f"solver {timing.solver_s:.2f}s")
         return info

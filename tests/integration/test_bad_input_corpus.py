@@ -144,6 +144,38 @@ def test_bad_input_gives_a_clear_error(arena, path):
                        and "runs/other" not in str(p))
 
 
+#: The only cases `advtrain validate` accepts: their problem is not in the recipe but in what a run finds
+#: when it starts (the output folder's state, a checkpoint named on the command line). Every other case,
+#: `# stage: run` ones included, is a recipe problem and must fail in `validate` with its own message.
+RUN_TIME_ONLY = {
+    "new_run_into_finished_run": "output.dir already holds a finished run (the folder's state)",
+    "resume_into_other_run": "--resume-from names another run's checkpoint (a command-line argument)",
+    "resume_missing_checkpoint": "--resume finds no checkpoint in output.dir (the folder's state)",
+    "unwritable_output": "output.dir cannot be created where the run starts (the file system's state)",
+    "markup_in_output_dir": "output.dir cannot be created where the run starts (the file system's state)",
+}
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_validate_refuses_every_recipe_problem_run_refuses(arena, path):
+    """One validation pass: whatever `run` refuses in a recipe, `validate` refuses with the same words."""
+    text = path.read_text()
+    if "# requires-no-cuda" in text and torch.cuda.is_available():
+        pytest.skip("this case is about machines without CUDA")
+    # `# args:` of a validate case are recipe overrides; those of a run case are run options (--resume ...)
+    extra = [] if "# stage: run" in text else [arg for line in _header(text, "args") for arg in shlex.split(line)]
+    before = _snapshot(arena / "runs")
+    code, out = _invoke("validate", path, *extra)
+    if path.stem in RUN_TIME_ONLY:
+        assert code == 0, f"{path.stem} is listed as run-time only but validate refuses it:\n{out}"
+        return
+    _assert_clean_refusal(arena, before, code, out, _header(text, "expect"), _header(text, "absent"))
+
+
+def test_run_time_only_cases_exist():
+    assert set(RUN_TIME_ONLY) <= {p.stem for p in CASES}
+
+
 # ------------------------------------------------------------------------------- bad checkpoints
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as handle:

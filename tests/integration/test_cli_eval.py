@@ -165,3 +165,18 @@ def test_eval_reduced_autoattack_reports_stages(cli, train_tiny, tmp_path):
     markdown = (tmp_path / "runs/tiny/eval/report.md").read_text()
     assert "## AutoAttack, accuracy after each stage" in markdown and "(non-standard)" in markdown
     assert "after apgd-t" in out
+
+
+def test_eval_checks_the_stored_recipe_and_its_data_overrides_like_validate(cli, tiny_checkpoint, monkeypatch):
+    """The stored recipe, with --data applied, goes through the one validation pass (data checks included)."""
+    from advtrain.config import load
+
+    checked = []
+    real = load.check_against_data
+    monkeypatch.setattr(load, "check_against_data", lambda recipe: checked.append(recipe) or real(recipe))
+    code, out = cli("eval", tiny_checkpoint, "--attack", "clean", "--n-examples", "4", "--data", "val_fraction=0.5")
+    assert code == 0, out
+    assert [r.components["data"].params.val_fraction for r in checked] == [0.5]
+    code, out = cli("eval", tiny_checkpoint, "--attack", "clean", "--data", "image_size=1")
+    assert code == 2 and "model 'small_cnn' cannot take the data's 3×1×1 images" in out
+    assert len(checked) == 2

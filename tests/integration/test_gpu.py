@@ -31,7 +31,7 @@ def test_source_on_device_loads_the_same_batches():
 @pytest.mark.parametrize("objective", ["adversarial", "trades"])
 def test_training_steps_make_no_host_sync(tmp_path, objective):
     """Between two statistics reads the hot loop never waits for the GPU (CUDA's sync debug mode errors)."""
-    from advtrain.config.load import validate
+    from advtrain.config.validate import validate
     from advtrain.data import iterate_batches
     from advtrain.runtime.seeding import generator
     from advtrain.train.loop import Trainer

@@ -21,7 +21,7 @@ SHARED_CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar1
 
 def _build(name: str, **values):
     entry = DATASETS.get(name)
-    return entry.constructor(entry.params(**values))
+    return entry.build(entry.params(**values))
 
 
 def _source(n: int = 20, c: int = 3, hw: int = 6, classes: int = 4) -> ArraySource:

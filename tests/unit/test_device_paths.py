@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from advtrain.attacks.pgd import PGDParams, pgd
-from advtrain.config.load import validate
+from advtrain.config.validate import validate
 from advtrain.data import ArraySource, iterate_batches
 from advtrain.data.source import to_unit_float
 from advtrain.io import checkpoint as ckpt_io

@@ -2,7 +2,7 @@
 
 import pytest
 
-from advtrain.train.lr import (
+from advtrain.optim.lr import (
     ConstantParams,
     CosineParams,
     CyclicParams,

@@ -128,7 +128,7 @@ def test_failed_pretrained_download_is_a_user_error(monkeypatch) -> None:
 def test_small_cnn_learns_digits() -> None:
     from advtrain.data import DATASETS, iterate_batches
 
-    data = DATASETS.get("digits").constructor(DATASETS.get("digits").default_params())
+    data = DATASETS.get("digits").build()
     model = build_model("small_cnn", num_classes=10, in_chans=1, mean=data.mean, std=data.std)
     _check_head(model, data.test.load(torch.arange(4)), 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

@@ -14,7 +14,7 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 
 def _run(name, params, feats, labels, seed=0, batch_size=4):
-    return SELECTORS.get(name).constructor(params, feats, labels, generator=_gen(seed), batch_size=batch_size)
+    return SELECTORS.get(name).build(params)(feats, labels, generator=_gen(seed), batch_size=batch_size)
 
 
 def _partition(rows: torch.Tensor, batch_size: int, seed: int) -> list[list[int]]:
@@ -175,9 +175,9 @@ def test_random_is_redrawn_at_every_call_and_batch_wise_draws_whole_batches():
     gen = _gen(0)
     params = RandomParams(fraction=0.25, batch_size=4)
     feats, labels = torch.zeros(24, 2), torch.zeros(24, dtype=torch.long)
-    builder = SELECTORS.get("random").constructor
-    first = builder(params, feats, labels, generator=gen, batch_size=8)
-    second = builder(params, feats, labels, generator=gen, batch_size=8)
+    selector = SELECTORS.get("random").build(params)
+    first = selector(feats, labels, generator=gen, batch_size=8)
+    second = selector(feats, labels, generator=gen, batch_size=8)
     assert not torch.equal(first.indices, second.indices)
     assert len(first.indices) == 8 and first.weights.tolist() == [1.0] * 8
     assert _is_union_of_batches(first.indices, _partition(torch.arange(24), 4, seed=0))
@@ -275,6 +275,6 @@ def test_gradmatch_memory_refusal_names_the_selector_settings_that_fit(solver, l
     feats = torch.empty(50_000, 5_130, device="meta")  # no storage: nothing may be copied before the check
     params = GradMatchParams(fraction=0.5, granularity="sample", solver=solver, lam=lam)
     with pytest.raises(UserError, match=named) as err:
-        SELECTORS.get("gradmatch").constructor(params, feats, torch.zeros(50_000, dtype=torch.long),
-                                           generator=torch.Generator().manual_seed(0), batch_size=128)
+        SELECTORS.get("gradmatch").build(params)(feats, torch.zeros(50_000, dtype=torch.long),
+                                                 generator=torch.Generator().manual_seed(0), batch_size=128)
     assert "selector.granularity=batch" in str(err.value) and "GiB" in str(err.value)

@@ -8,8 +8,11 @@ import typing
 import pytest
 import torch
 
-from advtrain.config.load import interpolation_problem, recipe_from_yaml_text, section_registry, validate
+from advtrain.config.load import recipe_from_yaml_text
+from advtrain.config.read import interpolation_problem
 from advtrain.config.schema import FIXED_SECTIONS, RecipeTop
+from advtrain.config.sections import SECTION_REGISTRIES
+from advtrain.config.validate import validate
 from advtrain.errors import CheckpointError, RecipeError
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.models import MODEL_KWARGS, ModelParams, model_kwargs_problems
@@ -24,7 +27,7 @@ CHECKED_ELSEWHERE = {("ModelParams", "name"), ("ModelParams", "kwargs"), ("EvalC
 def _all_params() -> list[type]:
     classes = [*FIXED_SECTIONS.values(), RecipeTop, ModelParams]
     for section in ("data", "objective", "attack", "selector", "optim", "lr_schedule"):
-        classes += [e.params for e in section_registry(section).entries() if e.params is not None]
+        classes += [e.params for e in SECTION_REGISTRIES[section].entries() if e.params is not None]
     return list(dict.fromkeys(classes))
 
 

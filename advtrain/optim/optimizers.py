@@ -1,4 +1,4 @@
-"""Optimizers registry (``optim.name`` in recipes)."""
+"""Optimizers registry (``optim.name`` in recipes): ``OPTIMIZERS.get(name).build(params, model=model)``."""
 
 from __future__ import annotations
 
@@ -45,21 +45,21 @@ def _groups(model: nn.Module) -> Iterable[nn.Parameter]:
 
 
 @OPTIMIZERS.register("sgd", SGDParams)
-def sgd(params: SGDParams, model: nn.Module) -> torch.optim.Optimizer:
+def sgd(params: SGDParams, *, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay."""
     return torch.optim.SGD(_groups(model), lr=params.lr, momentum=params.momentum,
                            weight_decay=params.weight_decay, nesterov=params.nesterov and params.momentum > 0)
 
 
 @OPTIMIZERS.register("adam", AdamParams)
-def adam(params: AdamParams, model: nn.Module) -> torch.optim.Optimizer:
+def adam(params: AdamParams, *, model: nn.Module) -> torch.optim.Optimizer:
     """Adam."""
     return torch.optim.Adam(_groups(model), lr=params.lr, betas=tuple(params.betas),
                             weight_decay=params.weight_decay)
 
 
 @OPTIMIZERS.register("adamw", AdamWParams)
-def adamw(params: AdamWParams, model: nn.Module) -> torch.optim.Optimizer:
+def adamw(params: AdamWParams, *, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW."""
     return torch.optim.AdamW(_groups(model), lr=params.lr, betas=tuple(params.betas),
                              weight_decay=params.weight_decay)

@@ -1,0 +1,102 @@
+"""Check a section's values against its params dataclass: unknown keys, types, ranges, required values."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+import warnings
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from advtrain.errors import did_you_mean
+from advtrain.params import FractionError, check_range, parse_number
+
+
+def _field_types(params: type) -> dict[str, Any]:
+    return typing.get_type_hints(params)
+
+
+def _is_float_type(hint: Any) -> bool:
+    if hint is float:
+        return True
+    args = typing.get_args(hint)
+    return bool(args) and float in args and all(a in (float, type(None)) for a in args)
+
+
+def _prepare_value(value: Any, hint: Any) -> Any:
+    """Parse ``8/255`` into a float and widen ints to floats before the type check."""
+    if _is_float_type(hint):
+        value = parse_number(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+    elif typing.get_origin(hint) is list and typing.get_args(hint) and typing.get_args(hint)[0] is float \
+            and isinstance(value, list):
+        value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else parse_number(v)
+                 for v in value]
+    return value
+
+
+def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str,
+                 problems: list[str]) -> Any:
+    """Validate ``values`` against a params dataclass; append problems; return the instance."""
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    hints = _field_types(params_cls)
+    cfg = OmegaConf.structured(params_cls)
+    for key, value in values.items():
+        if key not in fields:
+            hint = did_you_mean(key, fields)
+            valid = ", ".join(fields) or "none"
+            problems.append(f"{path}.{key}: not a parameter of {owner}{hint} (valid: {valid})")
+            continue
+        try:
+            value = _prepare_value(value, hints[key])
+        except FractionError as err:
+            problems.append(f"{path}.{key}: {err}")
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cfg[key] = _literal(value)
+                current = cfg[key]  # an escaped ${...} in a number field fails only when read back
+        except OmegaConfBaseException as err:
+            expected = _type_name(hints[key])
+            problems.append(f"{path}.{key}: expected {expected}, got {value!r} "
+                            f"({str(err).splitlines()[0]})")
+            continue
+        if OmegaConf.is_config(current):  # lists: check_range checks each item
+            current = OmegaConf.to_container(current)
+        bad = check_range(current, fields[key])
+        if bad:
+            problems.append(f"{path}.{key}: {bad}")
+    for name in fields:
+        if OmegaConf.is_missing(cfg, name):
+            problems.append(f"{path}.{name}: missing required value ({fields[name].metadata.get('help', '')})")
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException:
+        return None
+
+
+def _literal(value: Any) -> Any:
+    """Escape ``${`` so OmegaConf stores the text as written: values are resolved (or refused) before here."""
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin is list:
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return f"{_type_name(args[0])} or null"
+    names = {int: "an integer", float: "a number (e.g. 0.1 or 8/255)", bool: "true/false",
+             str: "a string", dict: "a mapping"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
