@@ -13,6 +13,7 @@ from advtrain.runtime.distributed import DistContext
 from advtrain.runtime.seeding import derive_seed, generator
 from advtrain.selection.coreset import Coreset, SelectionTiming
 from advtrain.selection.features import gradient_features
+from advtrain.selection.selectors import Selector
 
 
 def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: Any, *, seed: int, epoch: int,
