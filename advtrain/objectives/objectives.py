@@ -22,7 +22,7 @@ from advtrain.attacks import ATTACKS, BoundAttack, TradesKLParams
 from advtrain.attacks.losses import cross_entropy, kl_per_sample
 from advtrain.objectives.lastlayer import cross_entropy_grads, trades_grads
 from advtrain.params import param
-from advtrain.runtime.distributed import unwrap
+from advtrain.runtime.distributed import attack_view, unwrap
 
 
 @dataclass
@@ -31,18 +31,6 @@ class LossOutput:
 
     losses: Tensor
     logits: Tensor
-
-
-def attack_view(model: nn.Module) -> nn.Module:
-    """The model an attack runs on: the plain network when distributed, ``model`` itself otherwise.
-
-    Attack steps differentiate w.r.t. the input only; running them through DDP's forward would
-    arm its gradient-reduction hooks for a backward that never comes. A single-process compiled
-    model stays compiled: the attack's passes are most of a training step.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    return unwrap(model) if isinstance(getattr(model, "_orig_mod", model), DistributedDataParallel) else model
 
 
 def _logits_and_embedding(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -159,3 +159,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(inner, DistributedDataParallel):
         inner = inner.module
     return getattr(inner, "_orig_mod", inner)
+
+
+def attack_view(model: torch.nn.Module) -> torch.nn.Module:
+    """The model an attack runs on: the plain network when data parallel, ``model`` itself otherwise.
+
+    Attack steps differentiate w.r.t. the input only; running them through DDP's forward would
+    arm its gradient-reduction hooks for a backward that never comes. A single-process compiled
+    model stays compiled: the attack's passes are most of a training step.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return unwrap(model) if isinstance(getattr(model, "_orig_mod", model), DistributedDataParallel) else model
