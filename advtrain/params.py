@@ -74,6 +74,21 @@ def parse_number(value: Any) -> Any:
     return number
 
 
+def format_number(value: float) -> str:
+    """The inverse of :func:`parse_number` for budgets: how ε and step sizes are written back.
+
+    A short decimal stays one (``0.2``, not ``51/255``; ℓ2 ``1``); a whole number of 255ths below 1
+    becomes ``8/255`` (how papers write ℓ∞ budgets); anything else is the float with six
+    significant digits.
+    """
+    if float(f"{value:.4g}") == value:
+        return f"{value:g}"
+    scaled = value * 255
+    if 0 < value < 1 and abs(scaled - round(scaled)) < 1e-6:
+        return f"{round(scaled)}/255"
+    return f"{value:g}"
+
+
 def check_range(value: Any, field: dataclasses.Field) -> str | None:
     """Return a description of the violated rule of ``field`` for ``value``, or None."""
     meta = field.metadata

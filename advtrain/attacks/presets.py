@@ -42,7 +42,7 @@ from advtrain.attacks.autoattack import (
 from advtrain.attacks.fgsm import FGSMParams, fgsm
 from advtrain.attacks.pgd import PGDParams, pgd
 from advtrain.errors import UserError, did_you_mean
-from advtrain.params import FractionError, parse_number
+from advtrain.params import FractionError, format_number, parse_number
 
 GRAMMAR = ("clean, fgsm, pgd<steps>[x<restarts>][-l2], cw<steps>, aa, aa-l2, aa<iterations>[-l2], ppgd<steps>[-<net>], "
            "lpa<steps>[-<net>], stadv<steps>, recolor<steps>, each optionally @<bound>; groups: unseen")
@@ -85,7 +85,7 @@ class Ball:
 
     def describe(self) -> str:
         symbol = {"linf": "ℓ∞ ", "l2": "ℓ2 ", "lpips": "LPIPS "}.get(self.norm or "", "")
-        return f"{symbol}ε={self.text or _fmt(self.eps)}"
+        return f"{symbol}ε={self.text or format_number(self.eps)}"
 
 
 def checkpoint_balls(objective: str | None, attack: str | None, params: Any,
@@ -173,7 +173,7 @@ class EvalAttack:
 
     def describe(self) -> str:
         """One line saying exactly what runs, e.g. ``PGD-50×10 ℓ∞ ε=8/255 α=2/255, CE loss, ...``."""
-        ball = f"{_NORM_SYMBOL.get(self.norm or '', '')} ε={_fmt(self.eps)}"
+        ball = f"{_NORM_SYMBOL.get(self.norm or '', '')} ε={format_number(self.eps)}"
         if self.family == "clean":
             return "no attack"
         if self.family == "fgsm":
@@ -199,7 +199,7 @@ class EvalAttack:
         runs = f"{self.steps}×{self.restarts}" if self.restarts and self.restarts > 1 else f"{self.steps}"
         loss = "CE loss" if self.family == "pgd" else "CW margin loss"
         rule = f" ({STEP_RULE})" if self.alpha_from_rule else ""
-        return (f"{label}-{runs} {ball} α={_fmt(self.alpha or 0.0)}{rule}, {loss}, random start, "
+        return (f"{label}-{runs} {ball} α={format_number(self.alpha or 0.0)}{rule}, {loss}, random start, "
                 f"worst case over steps{' and restarts' if self.restarts and self.restarts > 1 else ''}")
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -208,17 +208,6 @@ class EvalAttack:
 
 
 _NORM_SYMBOL = {"linf": "ℓ∞", "l2": "ℓ2"}
-
-
-def _fmt(value: float) -> str:
-    """A short decimal when exact (``0.2``, ℓ2 ``1``), else ``8/255`` for whole 255ths below 1 (how papers
-    write ℓ∞ budgets), else four significant digits."""
-    if float(f"{value:.4g}") == value:
-        return f"{value:g}"
-    scaled = value * 255
-    if 0 < value < 1 and abs(scaled - round(scaled)) < 1e-6:
-        return f"{round(scaled)}/255"
-    return f"{value:.4g}"
 
 
 def _run_clean(attack: EvalAttack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

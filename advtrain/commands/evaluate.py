@@ -13,15 +13,14 @@ from advtrain.config.load import recipe_from_yaml_text
 from advtrain.errors import UserError
 from advtrain.eval.robust import evaluate
 from advtrain.io import checkpoint as ckpt_io
-from advtrain.params import FractionError, parse_number
+from advtrain.io.run_files import write_json
+from advtrain.params import FractionError, format_number, parse_number
 from advtrain.reports.evaluation import (
-    _fraction,
     eval_markdown,
     eval_record,
     masking_warnings,
     plot_eps_sweep,
     threat_model,
-    write_json,
 )
 from advtrain.runtime.device import pick_device
 from advtrain.runtime.seeding import seed_everything
@@ -83,7 +82,7 @@ def _ball_lines(attacks: list[Any], trained: Any) -> list[str]:
     for a in attacks:
         if a.family == "clean":
             continue
-        text = a.eps_text or _fraction(a.eps)
+        text = a.eps_text or format_number(a.eps)
         seen.setdefault((a.norm, text, a.eps_source), []).append(a.name)
     lines = []
     symbols = {"linf": "ℓ∞", "l2": "ℓ2", "lpips": "LPIPS", "flow": "flow", "color": "colour"}
@@ -157,7 +156,7 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
         "epoch": ckpt.meta.get("epoch", 0) + 1, "dataset": recipe.components["data"].name, "split": split,
         "threat_model": threat_model(attacks),
         "training_threat_model": _trained_text(trained) if trained else None,
-        "eps": (first.eps_text or _fraction(first.eps)) if first else None,
+        "eps": (first.eps_text or format_number(first.eps)) if first else None,
         "eps_float": first.eps if first else None,
         "eps_source": first.eps_source if first else None,
         **record,

@@ -447,7 +447,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 def run_compare(run_dirs: Sequence[Path], out: Path | None, attack: str | None = None) -> dict[str, Any]:
     """Read, compare and write ``compare.{md,json}`` and ``tradeoff.png`` into ``out``."""
     from advtrain.io.checkpoint import write_atomically
-    from advtrain.reports.evaluation import write_json
+    from advtrain.io.run_files import write_json
 
     if not run_dirs:
         raise UserError("give at least one run folder, e.g. `advtrain compare runs/full runs/gradmatch`.")

@@ -20,7 +20,7 @@ from advtrain.attacks.autoattack import GRADIENT_STAGES
 from advtrain.attacks.presets import STEP_RULE
 from advtrain.eval.robust import EvalResult
 from advtrain.io.checkpoint import write_atomically
-from advtrain.io.run_files import write_json  # noqa: F401  (the one JSON writer; commands import it from here)
+from advtrain.params import format_number
 
 #: How ``robust_bits`` are written: one bit per evaluated example, in the order of ``indices``.
 BITS_ENCODING = "base64 of numpy.packbits(bits, bitorder='little'); bit i is example indices[i]"
@@ -69,7 +69,7 @@ def eval_record(result: EvalResult, attacks: list[Any], *, trained: Any = None) 
         clean = attack.family == "clean"
         row = {
             "name": res.name, "description": res.description, "family": attack.family,
-            "norm": attack.norm, "eps": None if clean else attack.eps_text or _fraction(attack.eps),
+            "norm": attack.norm, "eps": None if clean else attack.eps_text or format_number(attack.eps),
             "eps_float": None if clean else attack.eps, "eps_source": attack.eps_source,
             "at_training_eps": None if clean else _at_training(attack, trained),
             "alpha": attack.alpha, "step_rule": STEP_RULE if attack.alpha_from_rule else None,
@@ -104,18 +104,6 @@ def _at_training(attack: Any, trained: Any) -> bool | None:
         return None
     same_metric = attack.norm == trained.norm
     return bool(same_metric and math.isclose(attack.eps, trained.eps, rel_tol=1e-6, abs_tol=1e-9))
-
-
-def _fraction(value: float | None) -> str | None:
-    """``0.0313…`` → ``"8/255"`` when it is a whole number of 255ths below 1, else the float as text."""
-    if value is None:
-        return None
-    if float(f"{value:.4g}") == value:  # 0.2 stays 0.2 (not 51/255), 0.5 stays 0.5
-        return f"{value:g}"
-    scaled = value * 255
-    if 0 < value < 1 and abs(scaled - round(scaled)) < 1e-6:
-        return f"{round(scaled)}/255"
-    return f"{value:g}"
 
 
 def threat_model(attacks: list[Any]) -> str:
@@ -172,7 +160,8 @@ def masking_warnings(record: dict) -> list[str]:
         for other in same_ball:
             extra = _found_beyond(aa, unpack_bits(other["robust_bits"], n), n)
             if _notable(extra, n):
-                evidence.append(f"{other['name']} (α={_fraction(other.get('alpha'))}) fooled {extra} examples "
+                alpha = None if other.get("alpha") is None else format_number(other["alpha"])
+                evidence.append(f"{other['name']} (α={alpha}) fooled {extra} examples "
                                 f"({extra / n:.1%}) that APGD-CE, APGD-T and FAB-T left robust")
         if evidence:
             warnings.append(f"{aa['name']}{nonstandard}: " + "; ".join(evidence) + ": a sign of gradient "

@@ -140,3 +140,12 @@ def test_switch_hint_only_for_keys_of_another_component():
         load_recipe(str(ASSETS / "tiny.yaml"), ["attack.setps=3"])
     assert "did you mean 'steps'" in str(info.value)
     assert "attack=pgd" not in str(info.value)  # a typo, not a leftover from another attack
+
+
+@pytest.mark.parametrize("value, text", [(8 / 255, "8/255"), (2 / 255, "2/255"), (0.2, "0.2"), (1.0, "1"),
+                                         (0.5, "0.5"), (0.123456789, "0.123457"), (300 / 255, "1.17647")])
+def test_format_number_is_the_inverse_of_parse_number_for_budgets(value, text):
+    from advtrain.params import format_number, parse_number
+
+    assert format_number(value) == text
+    assert parse_number(text) == pytest.approx(value, rel=1e-5)
