@@ -198,3 +198,19 @@ def test_the_loop_reads_in_one_screen(name):
     source = textwrap.dedent(inspect.getsource(getattr(Trainer, name)))
     node = ast.parse(source).body[0]
     assert node.end_lineno - node.lineno + 1 <= 40
+
+
+def test_a_collapse_on_a_data_parallel_rank_other_than_0_stops_without_building_rank0s_message(tiny_recipe,
+                                                                                               tmp_path):
+    """Ranks other than 0 never measured the probe (``probe_best`` is None there); they used to crash
+    formatting rank 0's message instead of stopping with it."""
+    from advtrain.config.load import load_recipe
+    from advtrain.train.loop import Trainer
+    from advtrain.ui.console import SilentReporter
+
+    recipe = load_recipe(str(tiny_recipe), [f"output.dir={tmp_path / 'run'}"])
+    trainer = Trainer(recipe, SilentReporter())
+    trainer.dist = distributed.DistContext(rank=1, world=2)
+    trainer.probe_best = None
+    trainer._revert_after_collapse(0, {"epoch": 0, "overfit_probe_pgd5": 0.1})
+    assert trainer.stopped_early
