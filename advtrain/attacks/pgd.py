@@ -22,13 +22,19 @@ from advtrain.params import param
 
 
 @dataclass
-class PGDParams:
-    """PGD attack: ε-ball, step size, steps, random start and restarts."""
+class BallParams:
+    """An iterative attack in an ℓp ball: ε-ball, step size and steps (what PGD and TRADES' KL attack share)."""
 
     norm: str = param("linf", choices=("linf", "l2"), help="threat model: ℓ∞ or ℓ2 ball")
     eps: float = param(8 / 255, ge=0, le=1000, help="radius of the ball in [0,1] pixel units (ℓ2: e.g. 0.5)")
     alpha: float = param(2 / 255, ge=0, le=1000, help="step size (ℓ∞: per pixel, on the sign; ℓ2: step length)")
     steps: int = param(10, ge=0, le=10_000, help="number of gradient steps")
+
+
+@dataclass
+class PGDParams(BallParams):
+    """PGD attack: ε-ball, step size, steps, random start and restarts."""
+
     random_start: bool = param(True, help="start from a uniformly random point of the ball")
     restarts: int = param(1, ge=1, le=1000, help="independent runs; each example keeps its worst case")
     loss: str = param("ce", choices=("ce", "margin"), help="loss maximised: cross-entropy or CW margin")

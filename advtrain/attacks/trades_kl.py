@@ -18,20 +18,15 @@ from torch import Tensor, nn
 from advtrain.attacks._common import ascent_step, attack_mode, project
 from advtrain.attacks.bound import BoundAttack
 from advtrain.attacks.losses import kl_per_sample
-from advtrain.params import param
+from advtrain.attacks.pgd import BallParams
 
 #: Standard deviation of the start around ``x`` (TRADES' reference code).
 START_NOISE = 0.001
 
 
 @dataclass
-class TradesKLParams:
+class TradesKLParams(BallParams):
     """TRADES' KL attack: ε-ball, step size and steps."""
-
-    norm: str = param("linf", choices=("linf", "l2"), help="threat model: ℓ∞ or ℓ2 ball")
-    eps: float = param(8 / 255, ge=0, le=1000, help="radius of the ball in [0,1] pixel units (ℓ2: e.g. 0.5)")
-    alpha: float = param(2 / 255, ge=0, le=1000, help="step size (ℓ∞: per pixel, on the sign; ℓ2: step length)")
-    steps: int = param(10, ge=0, le=10_000, help="number of gradient steps")
 
 
 def trades_kl(model: nn.Module, x: Tensor, y: Tensor, params: TradesKLParams, *,
