@@ -34,6 +34,7 @@ each member gets B·w_b/|b|.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -250,7 +251,7 @@ def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: 
     return Coreset(indices[order], weights[order].float())
 
 
-class Selector:
+class Selector(ABC):
     """A selector built from its params: ``selector(features, labels, generator=..., batch_size=...)``
     gives the weighted :class:`Coreset`. ``batch_size`` is the data's, the default candidate size."""
 
@@ -265,13 +266,22 @@ class Selector:
         """Score on the last layer's bias gradient only (``features: bias``)."""
         return getattr(self.params, "features", "weights") == "bias"
 
+    @abstractmethod
+    def __call__(self, features: Tensor, labels: Tensor, *, generator: torch.Generator,
+                 batch_size: int) -> Coreset:
+        """The weighted coreset of the samples whose ``features`` and ``labels`` are given."""
+
+
+class SolverSelector(Selector):
+    """A selector that runs a solver over the groups and granularity its params ask for (:func:`select_with`)."""
+
     def __call__(self, features: Tensor, labels: Tensor, *, generator: torch.Generator,
                  batch_size: int) -> Coreset:
         return select_with(self.solve, self.params, features, labels, generator=generator, batch_size=batch_size)
 
+    @abstractmethod
     def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Pick ``k`` of the candidates ``c``: (candidate positions, weight of each pick in samples)."""
-        raise NotImplementedError
 
 
 @SELECTORS.register("full")
@@ -287,16 +297,16 @@ class FullSelector(Selector):
 
 
 @SELECTORS.register("random", RandomParams)
-class RandomSelector(Selector):
+class RandomSelector(SolverSelector):
     """Uniformly random subset, re-drawn at every selection, unit weights."""
 
     needs_features = False
 
     def __call__(self, features: Tensor, labels: Tensor, *, generator: torch.Generator,
                  batch_size: int) -> Coreset:
-        selection = super().__call__(features, labels, generator=generator, batch_size=batch_size)
-        selection.weights = torch.ones_like(selection.weights)
-        return selection
+        coreset = super().__call__(features, labels, generator=generator, batch_size=batch_size)
+        coreset.weights = torch.ones_like(coreset.weights)
+        return coreset
 
     def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         idx, _ = random_subset(len(c.sizes), k, gen)
@@ -304,7 +314,7 @@ class RandomSelector(Selector):
 
 
 @SELECTORS.register("craig", CraigParams)
-class CraigSelector(Selector):
+class CraigSelector(SolverSelector):
     """Adversarial CRAIG: facility location on last-layer gradient features."""
 
     def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -316,7 +326,7 @@ class CraigSelector(Selector):
 
 
 @SELECTORS.register("gradmatch", GradMatchParams)
-class GradMatchSelector(Selector):
+class GradMatchSelector(SolverSelector):
     """Adversarial GradMatch: OMP on last-layer gradient features."""
 
     def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
