@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,18 +75,20 @@ class EvalComponents:
     model: nn.Module
 
 
-def build_run(recipe: Recipe, device: torch.device, *, weights: Any = None) -> RunComponents:
+def build_run(recipe: Recipe, device: torch.device, *, weights: Any = None,
+              initial_weights: bool = True) -> RunComponents:
     """Every component of a run of ``recipe`` on ``device``.
 
     In-memory data moves to the device and the model takes channels-last where the recipe's
     ``train`` section and the device ask for it. ``weights``: a loaded checkpoint whose model
-    weights replace the fresh ones (``advtrain select --checkpoint``).
+    weights replace the fresh ones (``advtrain select --checkpoint``). ``initial_weights`` False:
+    ``model.weights`` is not read (a resumed run takes its weights from the checkpoint).
     """
     data = build_data(recipe)
     check_selector_fits(recipe, data)
     if keeps_data_on_device(device, recipe.train.data_on_device):
         data = move_data_to_device(data, device)
-    model = build_model_for(recipe, data, weights_from_checkpoint=weights is not None)
+    model = build_model_for(recipe, data, weights_from_checkpoint=weights is not None or not initial_weights)
     if weights is not None:
         ckpt_io.load_model_weights(weights, model)
     model = model.to(device)
@@ -117,8 +120,9 @@ def build_data(recipe: Recipe) -> DataBundle:
 def build_model_for(recipe: Recipe, data: Any, *, weights_from_checkpoint: bool = False) -> nn.Module:
     """The classifier, with the dataset's normalisation as its first module.
 
-    ``weights_from_checkpoint``: the caller loads a checkpoint's weights next, so ``pretrained`` is
-    ignored (a recipe stored in a downloaded checkpoint never makes timm fetch anything).
+    ``weights_from_checkpoint``: the caller loads a checkpoint's weights next, so ``pretrained`` and
+    ``weights`` are ignored (a recipe stored in a downloaded checkpoint never makes timm fetch
+    anything, nor reads the file its ``model.weights`` names).
     A one-image forward pass checks that the model takes the data's image size and class count.
     """
     spec = recipe.components["model"].params
@@ -130,6 +134,10 @@ def build_model_for(recipe: Recipe, data: Any, *, weights_from_checkpoint: bool 
                                             mean=data.mean, std=data.std,
                                             pretrained=False if weights_from_checkpoint else None)
     check_model_takes(model, spec.name, data.image_shape, data.num_classes)
+    if spec.weights is not None and not weights_from_checkpoint:
+        from advtrain.models.external import load_weights
+
+        load_weights(model.net, Path(spec.weights), owner=f"model '{spec.name}' (model.weights)")
     return model
 
 

@@ -86,12 +86,15 @@ def run(
     force: bool = typer.Option(False, "--force", help="resume even if the recipe differs"),
     overwrite: bool = typer.Option(False, "--overwrite", help="start over in an output.dir that holds a run"),
     device: str | None = typer.Option(None, "--device", help="override the recipe's device"),
+    threads: str | None = typer.Option(None, "--threads", help="CPU threads for torch: auto or N (default: "
+                                       "runtime.threads, else OMP_NUM_THREADS, else from the CPUs this process "
+                                       "may use)"),
 ) -> None:
     """Train with a recipe: adversarial training, optionally on adversarial coresets."""
     from advtrain.commands.train import run_training
 
     run_training(recipe, overrides or [], resume=resume, resume_from=resume_from, force=force, overwrite=overwrite,
-                 device=device)
+                 device=device, threads=threads)
 
 
 @app.command("eval")
@@ -117,16 +120,40 @@ def eval_cmd(
     out: Path | None = typer.Option(None, "--out", help="report folder (default: <run>/eval)"),
     device: str | None = typer.Option(None, "--device"),
     seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="seed for random starts"),
+    threads: str | None = typer.Option(None, "--threads", help="CPU threads for torch: auto or N (default: "
+                                       "OMP_NUM_THREADS, else from the CPUs this process "
+                                       "may use)"),
+    arch: str | None = typer.Option(None, "--arch", help="evaluate weights advtrain did not train: CHECKPOINT is "
+                                    "then a .safetensors state dict of timm:NAME or torchvision:NAME"),
+    threat: str | None = typer.Option(None, "--threat", help="with --arch: the model's threat model NORM@EPS, "
+                                      "e.g. linf@8/255 or l2@0.5"),
+    mean: str | None = typer.Option(None, "--mean", help="with --arch: per-channel mean the model expects, "
+                                    "e.g. 0.4914,0.4822,0.4465; 'none' (takes [0,1] as is) or 'dataset'"),
+    std: str | None = typer.Option(None, "--std", help="with --arch: per-channel std ('none' or 'dataset' too)"),
+    num_classes: int | None = typer.Option(None, "--num-classes", min=1, max=100_000,
+                                           help="with --arch: classes of the last layer (default: the data's)"),
+    model_card: Path | None = typer.Option(None, "--model-card", help="YAML with model/threat/data sections for "
+                                           "an external model (flags override it); see the README"),
 ) -> None:
     """Evaluate a checkpoint under standard attacks; write eval/report.{json,md} and a plot."""
     from advtrain.commands.evaluate import run_eval
     from advtrain.runtime.interrupts import on_signals
 
+    external = None
+    if arch is not None or model_card is not None:
+        from advtrain.commands.external_model import card_from_cli
+
+        external = card_from_cli(model_card, weights=checkpoint, arch=arch, threat=threat, mean=mean, std=std,
+                                 num_classes=num_classes, data_overrides=data or [])
+    elif any(v is not None for v in (threat, mean, std, num_classes)):
+        raise UserError("--threat, --mean, --std and --num-classes describe a model advtrain did not train: give "
+                        "--arch timm:NAME (or torchvision:NAME) or --model-card too. An advtrain checkpoint "
+                        "records all of them itself.")
     names = [n.strip() for a in (attack or ["clean", "pgd20"]) for n in a.split(",") if n.strip()]
     with on_signals(_eval_interrupted):
         run_eval(checkpoint, names, n_examples=n_examples, batch_size=batch_size, eps=eps, alpha=alpha,
                  steps=steps, restarts=restarts, eps_sweep=eps_sweep, split=split, data_overrides=data or [],
-                 out=out, device=device, seed=seed)
+                 out=out, device=device, seed=seed, threads=threads, external=external)
 
 
 def _eval_interrupted(sig: str) -> str:
@@ -144,6 +171,9 @@ def select(
     dump_indices: bool = typer.Option(False, "--dump-indices", help="write indices/weights to --out"),
     out: Path = typer.Option(Path("coreset.npz"), "--out", help="output .npz"),
     device: str | None = typer.Option(None, "--device"),
+    threads: str | None = typer.Option(None, "--threads", help="CPU threads for torch: auto or N (default: "
+                                       "runtime.threads, else OMP_NUM_THREADS, else from the CPUs this process "
+                                       "may use)"),
 ) -> None:
     """Run one adversarial coreset selection and (with --dump-indices) write it to a .npz."""
     from advtrain.commands.select import run_select
@@ -151,7 +181,7 @@ def select(
     if not dump_indices:
         raise UserError("nothing to do: pass --dump-indices (and optionally --out FILE.npz) to write the "
                         "selected indices and weights.")
-    run_select(recipe, overrides or [], checkpoint=checkpoint, out=out, device=device)
+    run_select(recipe, overrides or [], checkpoint=checkpoint, out=out, device=device, threads=threads)
 
 
 @app.command()
@@ -229,4 +259,9 @@ def _print_registry(title: str, registry: Any, describe: Callable[[Any], list]) 
 
 def main() -> None:
     """Console-script entry point."""
+    import os
+
+    from advtrain.runtime.threads import prefer_passive_wait
+
+    prefer_passive_wait(os.environ)  # before torch loads OpenMP: idle threads sleep, not spin (issue 25)
     app()

@@ -6,13 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+from advtrain.runtime.threads import prefer_passive_wait, setup_threads
+
+prefer_passive_wait(os.environ)  # before torch loads OpenMP: idle threads sleep instead of spinning
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "tests" / "assets"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+setup_threads()  # the CLI's own decision: affinity and cgroup quota, or OMP_NUM_THREADS
 
 
 def plain(text: str) -> str:

@@ -24,6 +24,7 @@ from advtrain.reports.evaluation import (
 )
 from advtrain.runtime.device import pick_device
 from advtrain.runtime.seeding import seed_everything
+from advtrain.runtime.threads import setup_threads
 
 
 def newest_checkpoint(root: Path = Path("runs")) -> Path:
@@ -94,11 +95,28 @@ def _ball_lines(attacks: list[Any], trained: Any) -> list[str]:
     return lines
 
 
+def _external_source(card: dict[str, Any], device: torch.device) -> tuple[dict, str, Any, Any, tuple]:
+    """(meta, dataset name, data, model, balls) of a model card: its stated threat model is the training ball."""
+    from advtrain.attacks.presets import Ball
+    from advtrain.commands.external_model import load_external
+    from advtrain.ui import console
+
+    ext = load_external(card, "the model card (--model-card and flags)", device)
+    ball = Ball(ext.norm, ext.eps, "--threat / model card (stated, not recorded)", ext.eps_text)
+    console.info(f"normalisation inside the model: {ext.normalisation}")
+    return ext.meta, ext.dataset, ext.data, ext.model, (ball, None, ball)
+
+
 def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batch_size: int,
              eps: str | None, alpha: str | None, steps: int | None, restarts: int | None,
              eps_sweep: str | None, split: str, data_overrides: list[str], out: Path | None,
-             device: str | None, seed: int) -> dict[str, Any]:
-    """Evaluate, write ``report.json``, ``report.md`` and ``robust_vs_eps.png``, print a table."""
+             device: str | None, seed: int, threads: str | None = None,
+             external: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate, write ``report.json``, ``report.md`` and ``robust_vs_eps.png``, print a table.
+
+    ``external``: a model card (:mod:`advtrain.commands.external_model`) for weights advtrain did not
+    train; ``checkpoint`` is then the weights file.
+    """
     from advtrain.attacks.presets import resolve_eval_attack, resolve_eval_attacks
     from advtrain.ui import console
 
@@ -110,17 +128,28 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
     resolve_eval_attacks(names, **overrides)  # unknown names fail before loading
     sweep_values = [(s.strip(), _number(s.strip(), "--eps-sweep")) for s in eps_sweep.split(",")] \
         if eps_sweep else []
-    path = checkpoint or newest_checkpoint()
+    if external is not None:
+        from advtrain.commands.external_model import card_weights
+
+        path = card_weights(external)
+    else:
+        path = checkpoint or newest_checkpoint()
     dev = pick_device(device or "auto")
+    thread_choice = setup_threads(threads)
     seed_everything(seed)
-    ckpt, recipe, data, model = load_model_from_checkpoint(path, data_overrides, dev)
-    lp_default, lpips_default, trained = _checkpoint_balls(recipe)
+    if external is None:
+        ckpt, recipe, data, model = load_model_from_checkpoint(path, data_overrides, dev)
+        lp_default, lpips_default, trained = _checkpoint_balls(recipe)
+        meta, dataset = ckpt.meta, recipe.components["data"].name
+    else:
+        meta, dataset, data, model, (lp_default, lpips_default, trained) = _external_source(external, dev)
     attacks = resolve_eval_attacks(names, **overrides, default=lp_default, lpips_default=lpips_default)
     source = data.test if split == "test" else data.val
     if len(source) == 0:
-        raise UserError(f"the {split} split of dataset '{recipe.components['data'].name}' is empty")
-    console.info(f"evaluating {path} ({model.model_name}, epoch {ckpt.meta.get('epoch', 0) + 1}) on "
-                 f"{min(n_examples, len(source))} {split} examples, {dev}, fp32")
+        raise UserError(f"the {split} split of dataset '{dataset}' is empty")
+    when = f"epoch {meta.get('epoch', 0) + 1}" if "epoch" in meta else "external weights"
+    console.info(f"evaluating {path} ({model.model_name}, {when}) on "
+                 f"{min(n_examples, len(source))} {split} examples, {dev}, fp32, {thread_choice.describe()}")
     console.info(f"trained against: {_trained_text(trained)}")
     for line in _ball_lines(attacks, trained):
         console.info(line)
@@ -152,8 +181,8 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
     measured = [a for a in attacks if a.family != "clean"]
     first = next((a for a in measured if a.norm in ("linf", "l2")), measured[0] if measured else None)
     report = {
-        "model": model.model_name, "checkpoint": str(path), "checkpoint_kind": ckpt.meta.get("kind"),
-        "epoch": ckpt.meta.get("epoch", 0) + 1, "dataset": recipe.components["data"].name, "split": split,
+        "model": model.model_name, "checkpoint": str(path), "checkpoint_kind": meta.get("kind"),
+        "epoch": meta.get("epoch", 0) + 1 if "epoch" in meta else None, "dataset": dataset, "split": split,
         "threat_model": threat_model(attacks),
         "training_threat_model": _trained_text(trained) if trained else None,
         "eps": (first.eps_text or format_number(first.eps)) if first else None,

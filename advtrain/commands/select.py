@@ -13,15 +13,17 @@ from advtrain.io import checkpoint as ckpt_io
 from advtrain.io.run_files import write_coreset_npz
 from advtrain.runtime.device import pick_device, resolve_precision
 from advtrain.runtime.seeding import seed_everything
+from advtrain.runtime.threads import setup_threads
 from advtrain.selection.full_pass import select_coreset
 
 
 def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | None, out: Path,
-               device: str | None) -> dict:
+               device: str | None, threads: str | None = None) -> dict:
     """Select once with the recipe's objective/attack/selector and write indices and weights."""
     from advtrain.ui import console
 
     recipe = load_recipe(recipe_path, overrides)
+    console.info(f"torch uses {setup_threads(threads, recipe.runtime.threads).describe()}")
     dev = pick_device(device or recipe.device)
     seed_everything(recipe.seed)
     ckpt = ckpt_io.load(checkpoint) if checkpoint is not None else None

@@ -15,12 +15,14 @@ from advtrain.io.run_files import LAST
 from advtrain.io.run_folder import RunFolder
 from advtrain.runtime.distributed import is_main_process
 from advtrain.runtime.interrupts import on_signals
+from advtrain.runtime.threads import ThreadChoice, setup_threads
 
 
 def run_training(recipe_path: str, overrides: list[str], *, resume: bool, resume_from: Path | None, force: bool,
-                 overwrite: bool, device: str | None) -> None:
+                 overwrite: bool, device: str | None, threads: str | None = None) -> None:
     """Train with a recipe; signals outside the epochs stop with a message that fits the run's phase."""
     resolved = load_recipe(recipe_path, overrides)
+    thread_choice = setup_threads(threads, resolved.runtime.threads)
     main_process = is_main_process()
     folder = None
     if main_process:
@@ -30,14 +32,14 @@ def run_training(recipe_path: str, overrides: list[str], *, resume: bool, resume
     try:
         with on_signals(lambda sig: interrupted_message(sig, state["trainer"], resolved)):
             _train(resolved, state, folder, main_process, resume=resume, resume_from=resume_from, force=force,
-                   device=device)
+                   device=device, threads=thread_choice)
     finally:
         if folder is not None:
             folder.release()
 
 
 def _train(resolved: Recipe, state: dict[str, Any], folder: RunFolder | None, main_process: bool, *, resume: bool,
-           resume_from: Path | None, force: bool, device: str | None) -> None:
+           resume_from: Path | None, force: bool, device: str | None, threads: ThreadChoice) -> None:
     from advtrain.reports.run import write_run_report
     from advtrain.train.loop import Trainer
     from advtrain.ui import console
@@ -49,12 +51,13 @@ def _train(resolved: Recipe, state: dict[str, Any], folder: RunFolder | None, ma
             raise UserError(f"--resume: no checkpoint at '{checkpoint}' (output.dir of this recipe); "
                             f"run without --resume to start, or give --resume-from PATH.")
     reporter = console.ProgressReporter() if main_process else console.SilentReporter()
-    trainer = state["trainer"] = Trainer(resolved, reporter, device=device)
+    trainer = state["trainer"] = Trainer(resolved, reporter, device=device, resuming=checkpoint is not None)
     try:
         if main_process:
             precision = "fp32" if trainer.amp_dtype is None else str(trainer.amp_dtype).replace("torch.", "")
             world = f", {trainer.dist.world} processes" if trainer.dist.enabled else ""
-            console.info(f"advtrain run {resolved.name} on {trainer.device} ({precision}{world}) → {trainer.out_dir}")
+            console.info(f"advtrain run {resolved.name} on {trainer.device} ({precision}{world}, "
+                         f"{threads.describe()}) → {trainer.out_dir}")
         result = trainer.fit(folder, resume=checkpoint, force=force)
         if main_process and result.finished_before:
             console.info(f"{result.out_dir} already holds the finished run and its report; nothing was changed.")

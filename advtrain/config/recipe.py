@@ -34,6 +34,7 @@ class Recipe:
     output: Any
     resolved: dict[str, Any] = field(repr=False)
     source: str | None = None
+    runtime: Any = None  # RuntimeConfig (threads)
 
     def to_yaml(self) -> str:
         """The resolved recipe as YAML (fractions kept as written, e.g. ``8/255``)."""

@@ -85,6 +85,15 @@ class OutputConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How this process uses the machine; may change on resume (it does not change the results' meaning)."""
+
+    threads: str = param("auto", pattern=r"auto|[1-9][0-9]{0,3}",
+                         help="CPU threads for torch: auto (from the CPUs this process may use: affinity, "
+                              "cgroup quota) or a count; --threads and OMP_NUM_THREADS also set it")
+
+
+@dataclass
 class RecipeTop:
     """Top-level scalar keys."""
 
@@ -101,4 +110,5 @@ FIXED_SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "output": OutputConfig,
+    "runtime": RuntimeConfig,
 }

@@ -170,7 +170,7 @@ def validate(data: dict[str, Any], source: str | None = None, *, interpolate: bo
     return Recipe(
         name=top.name, seed=top.seed, device=top.device, precision=top.precision,
         components=components, schedule=fixed["schedule"], train=fixed["train"],
-        eval=fixed["eval"], output=fixed["output"], resolved=resolved, source=source,
+        eval=fixed["eval"], output=fixed["output"], resolved=resolved, source=source, runtime=fixed["runtime"],
     )
 
 

@@ -71,12 +71,22 @@ class ModelParams:
     name: str = param(help="a registered model (advtrain list models) or any timm model name")
     num_classes: int | None = param(None, gt=0, le=100_000, help="classes of the last layer; null = the dataset's")
     pretrained: bool = param(False, help="load timm's pretrained weights (downloads once into the HF cache)")
+    weights: str | None = param(None, path=True,
+                                help="start from local weights: a .safetensors state dict of this network "
+                                     "(names and shapes checked; never a pickle, never a download)")
     kwargs: dict = param({}, help="extra keyword arguments for timm.create_model, e.g. {drop_rate: 0.1} "
                                   "(an allow-list: see advtrain.models.MODEL_KWARGS)")
 
     def problems(self) -> list[str]:
-        """Rules beyond the field types: the allow-list of ``kwargs`` (checked by the recipe validator)."""
-        return model_kwargs_problems(self.kwargs)
+        """Rules beyond the field types: the allow-list of ``kwargs``, one source of starting weights."""
+        problems = model_kwargs_problems(self.kwargs)
+        if self.weights is not None and self.pretrained:
+            problems.append("weights: model.weights and model.pretrained=true both give starting weights; "
+                            "keep one (model.pretrained=false to start from the file)")
+        if self.weights is not None and not str(self.weights).endswith(".safetensors"):
+            problems.append(f"weights: '{self.weights}' is not a .safetensors file; advtrain reads local weights "
+                            "only as safetensors (never .pt/.pth pickles)")
+        return problems
 
 
 def classifier(params: ModelParams, *, num_classes: int, in_chans: int, mean: tuple, std: tuple,

@@ -53,7 +53,7 @@ from advtrain.ui.console import Reporter
 __all__ = ["RunResult", "Trainer", "TrainingInterrupted", "epoch_phase", "recipe_differences", "selection_due"]
 
 #: Recipe keys that may change between a checkpoint and a resumed run.
-RESUMABLE_KEYS = ("name", "device", "output", "eval")
+RESUMABLE_KEYS = ("name", "device", "output", "eval", "runtime")
 
 
 @dataclass
@@ -104,14 +104,15 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 class Trainer:
     """Holds the built components of one run; :meth:`fit` is the readable loop."""
 
-    def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None) -> None:
+    def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None,
+                 resuming: bool = False) -> None:
         self.recipe = recipe
         self.reporter = reporter
         self.dist = distributed.context_from_env()
         self.device = distributed.init(self.dist, pick_device(device or recipe.device))
         self.amp_dtype = resolve_precision(recipe.precision, self.device)
         seed_everything(recipe.seed)
-        parts = build.build_run(recipe, self.device)
+        parts = build.build_run(recipe, self.device, initial_weights=not resuming)  # resume: the checkpoint's
         enable_cuda_autotuning(self.device)
         self.data, self.model, self.selector = parts.data, parts.model, parts.selector
         self.train_model = self._setup_train_model()
