@@ -35,6 +35,7 @@ class Recipe:
     resolved: dict[str, Any] = field(repr=False)
     source: str | None = None
     runtime: Any = None  # RuntimeConfig (threads)
+    log: Any = None  # LogConfig (csv, tensorboard)
 
     def to_yaml(self) -> str:
         """The resolved recipe as YAML (fractions kept as written, e.g. ``8/255``)."""

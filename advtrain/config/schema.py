@@ -8,6 +8,7 @@ sections below are checked directly (phase 1).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from advtrain.params import param
@@ -94,6 +95,29 @@ class RuntimeConfig:
 
 
 @dataclass
+class LogConfig:
+    """Optional loggers beside metrics.jsonl, off by default (:mod:`advtrain.reports.loggers`)."""
+
+    csv: bool = param(False, help="write metrics.csv (one row per epoch) in the run folder")
+    tensorboard: bool = param(False, help="write TensorBoard event files to <run>/tensorboard "
+                                          "(needs: pip install 'advtrain[tensorboard]')")
+
+
+def tensorboard_available() -> bool:
+    """Whether the ``tensorboard`` package (the optional extra) can be imported."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def log_problems(config: LogConfig, *, available: bool | None = None) -> list[str]:
+    """``log.tensorboard: ...`` when TensorBoard is asked for but not installed."""
+    available = tensorboard_available() if available is None else available
+    if config.tensorboard and not available:
+        return ["log.tensorboard: true needs the tensorboard package, which is not installed; "
+                "pip install 'advtrain[tensorboard]' (or set log.tensorboard=false)"]
+    return []
+
+
+@dataclass
 class RecipeTop:
     """Top-level scalar keys."""
 
@@ -111,4 +135,5 @@ FIXED_SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "output": OutputConfig,
     "runtime": RuntimeConfig,
+    "log": LogConfig,
 }

@@ -17,7 +17,7 @@ from typing import Any
 from advtrain.config.params_check import check_params
 from advtrain.config.read import resolve_interpolations
 from advtrain.config.recipe import Component, Recipe
-from advtrain.config.schema import COMPONENT_SECTIONS, FIXED_SECTIONS, RecipeTop
+from advtrain.config.schema import COMPONENT_SECTIONS, FIXED_SECTIONS, RecipeTop, log_problems
 from advtrain.config.sections import SECTION_REGISTRIES
 from advtrain.errors import RecipeError, UserError, did_you_mean
 from advtrain.objectives import ignored_attack_params
@@ -161,6 +161,8 @@ def validate(data: dict[str, Any], source: str | None = None, *, interpolate: bo
     if not problems:
         _cross_checks(components, fixed, problems, refuse_ignored=interpolate)
         _device_checks(top, problems)
+        if interpolate:  # a stored recipe's loggers do not matter to eval on a machine without them
+            problems.extend(log_problems(fixed["log"]))
     if problems:
         problems = [p.replace("recipe.", "", 1) if p.startswith("recipe.") else p for p in problems]
         refused = {p.split(":", 1)[0] for p in problems if "uses a resolver" in p}  # one message per key
@@ -171,6 +173,7 @@ def validate(data: dict[str, Any], source: str | None = None, *, interpolate: bo
         name=top.name, seed=top.seed, device=top.device, precision=top.precision,
         components=components, schedule=fixed["schedule"], train=fixed["train"],
         eval=fixed["eval"], output=fixed["output"], resolved=resolved, source=source, runtime=fixed["runtime"],
+        log=fixed["log"],
     )
 
 

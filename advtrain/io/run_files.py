@@ -26,6 +26,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVES = "curves.png"
 CORESET_DIR = "coreset"
+METRICS_CSV = "metrics.csv"  # log.csv (advtrain.reports.loggers)
+TENSORBOARD_DIR = "tensorboard"  # log.tensorboard
 
 
 def epoch_checkpoint_name(epoch: int) -> str:

@@ -24,7 +24,7 @@ RUN_ID_FILE = ".advtrain-run"
 LOCK_FILE = ".advtrain.lock"
 #: Files a run writes at the top of its folder; any of them means the folder holds a run.
 RUN_FILES = (names.RECIPE, names.METRICS, names.LAST, names.BEST, names.REPORT_JSON, names.REPORT_MD, names.CURVES,
-             RUN_ID_FILE)
+             RUN_ID_FILE, names.METRICS_CSV)
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -139,7 +139,8 @@ class RunFolder:
         """--overwrite: remove the files of the run that was here, so none of them mixes with the new one."""
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        for old in [*self.path.glob("epoch_*.safetensors"), *self.path.glob(f"{names.CORESET_DIR}/epoch_*.npz")]:
+        for old in [*self.path.glob("epoch_*.safetensors"), *self.path.glob(f"{names.CORESET_DIR}/epoch_*.npz"),
+                    *self.path.glob(f"{names.TENSORBOARD_DIR}/events.out.tfevents.*")]:
             old.unlink(missing_ok=True)
 
     def resume_run_id(self, ckpt_run_id: str | None, ckpt_path: Path) -> str:

@@ -33,6 +33,7 @@ from advtrain.io import checkpoint as ckpt_io
 from advtrain.io.run_files import RunFiles
 from advtrain.io.run_folder import RunFolder, new_run_id
 from advtrain.objectives import weighted_mean
+from advtrain.reports.loggers import Loggers
 from advtrain.runtime import distributed
 from advtrain.runtime.device import (
     CUDA_OUT_OF_MEMORY,
@@ -53,7 +54,7 @@ from advtrain.ui.console import Reporter
 __all__ = ["RunResult", "Trainer", "TrainingInterrupted", "epoch_phase", "recipe_differences", "selection_due"]
 
 #: Recipe keys that may change between a checkpoint and a resumed run.
-RESUMABLE_KEYS = ("name", "device", "output", "eval", "runtime")
+RESUMABLE_KEYS = ("name", "device", "output", "eval", "runtime", "log")
 
 
 @dataclass
@@ -135,6 +136,7 @@ class Trainer:
         self.resume_point: EpochProgress | None = None  # the interrupted epoch a mid-epoch checkpoint continues
         self.run_id: str | None = None  # recorded in the run folder and in every checkpoint
         self.phase = "setup"  # setup | training | testing | reporting (for the interruption message)
+        self.loggers = Loggers([])  # the log section's, once the run folder is set up
 
     def _setup_train_model(self) -> nn.Module:
         """The model the training step calls: DDP-wrapped when data parallel, compiled with ``train.compile``."""
@@ -189,6 +191,7 @@ class Trainer:
         if folder is not None:
             folder.record_run_id(self.run_id)
             self.files.write_recipe(self.recipe.to_yaml())
+        self.loggers = Loggers.build(self.recipe.log, self.out_dir, first_epoch=self.epoch, writes=self.dist.is_main)
         return True
 
     @contextmanager
@@ -241,6 +244,7 @@ class Trainer:
         """Log the epoch and save its checkpoints; False: the overfitting guard stopped the run."""
         self.metrics.append(record)
         self.files.append_metrics(record)
+        self.loggers.log_epoch(record, self.metrics)  # metrics.csv / TensorBoard when the log section asks
         if collapsed:
             self._revert_after_collapse(epoch, record)
             return False
@@ -546,5 +550,6 @@ class Trainer:
                 + "\n  ".join(diffs) + "\nResume with the same recipe, or pass --force to continue anyway.")
 
     def close(self) -> None:
-        """Leave the process group (data-parallel runs)."""
+        """Close the loggers and leave the process group (data-parallel runs)."""
+        self.loggers.close()
         distributed.shutdown(self.dist)
