@@ -102,7 +102,7 @@ def _external_source(card: dict[str, Any], device: torch.device) -> tuple[dict, 
     from advtrain.ui import console
 
     ext = load_external(card, "the model card (--model-card and flags)", device)
-    ball = Ball(ext.norm, ext.eps, "--threat / model card (stated, not recorded)", ext.eps_text)
+    ball = Ball(ext.norm, ext.eps, "the stated threat model: --threat / model card", ext.eps_text)
     console.info(f"normalisation inside the model: {ext.normalisation}")
     return ext.meta, ext.dataset, ext.data, ext.model, (ball, None, ball)
 

@@ -41,8 +41,8 @@ class CardModel:
 
     arch: str = param(help="timm:NAME, torchvision:NAME, or a timm NAME")
     weights: str = param(path=True, help="a .safetensors state dict of that network")
-    mean: Any = param(help="per-channel mean the model was trained with, 'none' or 'dataset'")
-    std: Any = param(help="per-channel std the model was trained with, 'none' or 'dataset'")
+    mean: Any = param(help="per-channel mean the model was trained with (--mean): numbers, 'none' or 'dataset'")
+    std: Any = param(help="per-channel std the model was trained with (--std): numbers, 'none' or 'dataset'")
     num_classes: int | None = param(None, gt=0, le=100_000, help="classes of the last layer (null: the data's)")
 
 
@@ -135,17 +135,22 @@ def check_card(values: dict[str, Any], source: str) -> tuple[CardModel, CardThre
     for key in values:
         if key not in CARD_SECTIONS:
             problems.append(f"{key}: not a model-card section (valid: {', '.join(CARD_SECTIONS)})")
-    sections = {}
+    sections, present = {}, set()
     for name in CARD_SECTIONS:
         section = values.get(name)
-        if not isinstance(section, dict):
+        if isinstance(section, dict):
+            present.add(name)
+        else:
             hint = {"model": "--arch and the weights path", "threat": "--threat linf@8/255",
                     "data": "--data name=... (e.g. --data name=arrays --data path=c10.npz)"}[name]
             problems.append(f"{name}: missing (an external model records nothing; give {hint})")
             section = {}
         sections[name] = section
-    model = check_params(CardModel, sections["model"], "model", "a model card's model", problems)
-    threat = check_params(CardThreat, sections["threat"], "threat", "a model card's threat", problems)
+    model = threat = None
+    if "model" in present:
+        model = check_params(CardModel, sections["model"], "model", "a model card's model", problems)
+    if "threat" in present:
+        threat = check_params(CardThreat, sections["threat"], "threat", "a model card's threat", problems)
     for key in ("mean", "std"):
         value = sections["model"].get(key)
         if value is not None and not _is_channel_values(value):

@@ -28,7 +28,7 @@ def test_eval_timm_weights_with_a_stated_threat_model(cli, tmp_path):
                     "--mean", "none", "--std", "none", *DATA, "--attack", "clean,pgd20", "--steps", "2",
                     "--n-examples", "6", "--out", tmp_path / "ev")
     assert code == 0, out
-    assert "external weights" in out and "trained against: ℓ2 ε=0.5 (--threat" in out
+    assert "external weights" in out and "trained against: ℓ2 ε=0.5 (the stated threat model: --threat" in out
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["model"] == "timm:resnet10t" and report["checkpoint_kind"] == "external"
     assert report["epoch"] is None and report["dataset"] == "synthetic"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from advtrain.errors import UserError
@@ -143,27 +145,33 @@ def test_torchvision_needs_three_channels():
 
 
 # ------------------------------------------------------------------------------------- advtrain.load
-def _checkpoint(tmp_path, kwargs=None):
-    from advtrain.io import checkpoint as ckpt_io
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint of a real (two-step) tiny run, made through the CLI."""
+    from typer.testing import CliRunner
 
-    model = build_model("small_cnn", num_classes=4, in_chans=3, mean=MEAN, std=STD, **(kwargs or {}))
-    model.net.load_state_dict(_random_state(model.net))
-    recipe = "name: t\nmodel: {name: small_cnn, kwargs: %s}\n" % (kwargs or {})
-    state = ckpt_io.TrainingState(model=model.state_dict(), optimizer=None, epoch=0, step=3, recipe_yaml=recipe,
-                                  model_name="small_cnn", num_classes=4, in_chans=3)
-    ckpt_io.save(tmp_path / "best.safetensors", state, kind="best")
-    return model.eval(), tmp_path / "best.safetensors"
+    from advtrain.cli import app
+
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    recipe = Path(__file__).resolve().parents[1] / "assets" / "tiny.yaml"
+    result = CliRunner().invoke(app, ["run", str(recipe), f"output.dir={out}", "schedule.epochs=1",
+                                      "train.max_steps_per_epoch=2", "eval.n_examples=4",
+                                      "model.kwargs={drop_rate: 0.1}"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out / "last.safetensors"
 
 
-def test_load_returns_the_trained_model_with_its_normalisation(tmp_path):
+def test_load_returns_the_trained_model_with_its_normalisation(trained):
     import advtrain
+    from advtrain.commands.evaluate import load_model_from_checkpoint
 
-    original, path = _checkpoint(tmp_path, {"drop_rate": 0.1})
-    model = advtrain.load(path)
+    model = advtrain.load(trained)
     assert not model.training and model.model_name == "small_cnn"
-    torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor(MEAN))
-    x = torch.rand(3, 3, 8, 8)
-    torch.testing.assert_close(model(x), original(x), rtol=1e-5, atol=1e-6)
+    _, _, data, reference = load_model_from_checkpoint(trained, [], torch.device("cpu"))
+    torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor(data.mean))
+    torch.testing.assert_close(model.normalize.std.flatten(), torch.tensor(data.std))
+    x = torch.rand(3, *data.image_shape)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
 
 
 def test_load_refuses_what_is_not_an_advtrain_checkpoint(tmp_path):
@@ -177,17 +185,16 @@ def test_load_refuses_what_is_not_an_advtrain_checkpoint(tmp_path):
         advtrain.load(tmp_path / "absent.safetensors")
 
 
-def test_load_refuses_kwargs_outside_the_allow_list(tmp_path):
+def test_load_refuses_kwargs_outside_the_allow_list(trained, tmp_path):
     import advtrain
     from advtrain.errors import CheckpointError
-    from advtrain.io import checkpoint as ckpt_io
 
-    _, path = _checkpoint(tmp_path)
-    ckpt = ckpt_io.load(path)
-    state = ckpt_io.TrainingState(model=ckpt.section("model"), optimizer=None, epoch=0, step=0,
-                                  recipe_yaml="model: {name: small_cnn, kwargs: {checkpoint_path: x.pth}}",
-                                  model_name="small_cnn", num_classes=4, in_chans=3)
-    ckpt_io.save(tmp_path / "evil.safetensors", state)
+    with safe_open(str(trained), framework="pt") as handle:
+        meta = dict(handle.metadata())
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    meta["recipe"] = meta["recipe"].replace("drop_rate: 0.1", "checkpoint_path: weights.pth")
+    assert "checkpoint_path" in meta["recipe"]
+    save_file(tensors, str(tmp_path / "evil.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="checkpoint_path"):
         advtrain.load(tmp_path / "evil.safetensors")
 
