@@ -14,11 +14,11 @@ A batch-wise solver chooses ceil(k_group / batch_size) batches, and every member
 is selected, so a batch-wise coreset holds whole batches: at least k_group samples per group and
 less than one extra batch more (up to a short batch more when the short batch is among the picks).
 A solver that stops short (OMP) is topped up with random unpicked candidates (:func:`_fill`).
-GradMatch's fast solver with ``surplus: match`` (the default) does not stop short once its match is
-exact: it fills the budget itself with uniform draws at weight n/k and re-matches the rest of the
-target, and draws in the span of an exact support ride on it without changing the match (see
-:mod:`advtrain.selection.solvers`), so the fill is what the exact solver, or ``surplus: fill``,
-falls back to.
+GradMatch's fast solver with ``surplus: match`` (the default, λ = 0) never stops short: it fills
+the budget itself with uniform draws that stand for themselves (weight 1 per sample) and matches
+the rest of the target, and the slots left ride on the final fit without moving the match (see
+:mod:`advtrain.selection.solvers`), so the fill — which rescales and so loses the match — is what
+the exact solver, ``surplus: fill`` or a ridge λ > 0 fall back to.
 
 Weights are on one scale everywhere: about the number of training samples each selected sample
 stands for, so Σγ ≈ n and the weighted loss Σγℓ/Σγ of a mixed mini-batch weighs samples
@@ -117,7 +117,7 @@ class GradMatchParams(RandomParams):
                              "exact: one atom per round (the reference; its memory grows as budget²)")
     surplus: str = param("match", choices=("match", "fill"),
                          help="slots left once the match is exact (budget beyond the feature dimension): "
-                              "match = uniform picks at weight n/k and OMP re-matches the rest; "
+                              "match = uniform picks at weight 1 and OMP matches the rest, exactly k kept exact; "
                               "fill = random fill at the picks' mean weight (solver=exact always fills)")
     attack: dict[str, Any] | None = param(
         None, help="attack for the selection features only, e.g. {name: pgd, steps: 2} (null: the training "
@@ -335,8 +335,10 @@ class GradMatchSelector(SolverSelector):
             if params.solver == "exact":
                 idx, w = orthogonal_matching_pursuit(c.features, k, lam=params.lam, target=c.target)
             else:
+                # A candidate's share of the target: 1 per sample, size/B for a batch (a short one counts less).
+                share = c.sizes.to(torch.float64) / c.batch_size
                 idx, w = batch_omp(c.features, k, lam=params.lam, target=c.target, generator=gen,
-                                   surplus="match" if params.surplus == "match" else "none")
+                                   surplus="match" if params.surplus == "match" else "none", sample_weight=share)
         except FactorTooLarge as err:
             raise UserError(_factor_advice(err, params)) from None
         return idx, w.double() * c.batch_size  # coefficient on the target's scale → samples

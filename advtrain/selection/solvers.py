@@ -48,21 +48,21 @@ at most k atoms, min ‖Σ_{j∈S} w_j g_j − b‖² + λ‖w‖². Two solvers
     for CRAIG's distances, with the support's rows rebuilt from the same factors so factor, weights
     and residual describe the same vectors.
   * *Budget beyond the feature dimension* (``surplus``): an exact match needs at most rank ≤ D
-    atoms, so at k = 25,000 > D = 5,130 OMP alone would stop near D and leave the rest to a
-    random fill that rescales the picks (the selectors' ``_fill``), which breaks the match. With
-    ``surplus="match"`` (the default) the surplus k − D is drawn uniformly up front at the average
-    coreset weight n/k, and OMP matches what those draws leave of the target (b − Σ_F (n/k) g).
-    When the match is exact with slots still free, OMP first keeps adding atoms up to the numerical
-    rank (tolerance 0, until a pool adds nothing); slots still free are drawn uniformly, and draws
-    outside the support's span join the surplus and are re-matched (warm started, at most 3
-    passes), while draws inside it *ride* on the exact fit: g_j = Σ_s c_sj g_s, so giving j weight
-    t and taking t·c from the support changes nothing (:meth:`_BlockRidge.ride`). Real features
-    are rank deficient (Σ_c e_c = 0: rank (C − 1)(H + 1) = 4,617 < 5,130 at CIFAR-10/ResNet-18), so
-    this is the usual ending; before it, the fourth pass's draws were returned unmatched (2e-2
-    error). Riders get t = n/k unless that would halve a support weight, and an exact non-negative
-    match has small support weights, so riders mostly get far less (they cost their slot in the
-    epoch and carry little weight: ~D − rank of k slots, 2% at k = 25,000). The coreset keeps its
-    size and the match stays exact. ``surplus="none"`` returns the support alone.
+    atoms (Carathéodory), so at k = 25,000 > D = 5,130 OMP alone stops near D and would leave the
+    rest to a random fill that rescales the picks (the selectors' ``_fill``), which breaks the
+    match. With ``surplus="match"`` (the default) the surplus k − D is drawn uniformly up front,
+    each draw at its own multiplicity (1 per sample: it stands for itself), and OMP matches what
+    the draws leave of the target, Σ over the candidates not drawn: a point of their cone, so an
+    exact non-negative match exists. (Drawing at the mean coreset weight n/k, as before, subtracts
+    more than the draws hold; on class-clustered features, whose gradients fill C narrow cones,
+    that goal left the cone of the rest, OMP ended at the NNLS optimum short of k with a 1e-5
+    error, and pruned most of what it added on the way: issue 26.) Slots still free after the match
+    are filled by *riders*: draws in the span of the support, g_j = Σ_s c_sj g_s, get weight t and
+    the support gives up t·c (:meth:`_BlockRidge.ride`), which changes nothing; real features are
+    rank deficient (Σ_c e_c = 0: rank (C − 1)(H + 1) = 4,617 < 5,130 at CIFAR-10/ResNet-18), so
+    the span holds most candidates. Riders are picked in the span first, then nearest to it, the
+    latter sharing what the tolerance leaves (at least a hundredth of it), so the coreset always has
+    k elements and the match stays within the tolerance. ``surplus="none"`` returns the support alone.
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ from advtrain.selection.gram import LastLayerFactors, last_layer_factors
 # An atom whose squared distance to the span of the support is at most this fraction of its squared
 # norm lies in that span (adds nothing to the fit); shared by both OMPs' pivots and the riders.
 _SPAN_RTOL = 1e-10
+
+# Uniform draws per free slot among which :func:`batch_omp` picks the riders (in the span first).
+_RIDER_POOL = 4
 
 
 class FactorTooLarge(MemoryError):
@@ -471,7 +474,8 @@ def _delete_factor_row(factor: Tensor, q: int) -> Tensor:
 
 def batch_omp(features: Tensor, budget: int, *, lam: float = 0.0, target: Tensor | None = None, tol: float = 1e-6,
               rounds: int = 32, surplus: str = "match", generator: torch.Generator | None = None,
-              max_factor_bytes: int = 2 * 2**30, structure: bool = True) -> tuple[Tensor, Tensor]:
+              max_factor_bytes: int = 2 * 2**30, structure: bool = True,
+              sample_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """GradMatch at scale: batch OMP with a warm-started Lawson–Hanson NNLS refit (see the module docstring).
 
     Same objective as :func:`orthogonal_matching_pursuit` (non-negative weights): minimise
@@ -488,13 +492,16 @@ def batch_omp(features: Tensor, budget: int, *, lam: float = 0.0, target: Tensor
         target: (D,) vector to match (default Σ_i g_i).
         tol: Stop when ‖r‖ ≤ tol·‖b‖.
         rounds: About how many selection rounds to spend on the budget.
-        surplus: What slots left after an exact match do. ``"match"``: draw them uniformly at
-            random from the candidates outside the support, give each the average coreset weight
-            ``n / budget`` and let OMP re-match what is left of the target (b − Σ_F α g), warm
-            started; a budget above D starts that way (budget − D drawn up front), since OMP needs
-            at most D atoms (the rank) for an exact match. ``"none"``: return the support alone and
-            leave the slots to the caller (the selectors' random fill).
+        surplus: What a budget beyond what OMP needs does. ``"match"``: budget − D uniform draws up
+            front, each at its multiplicity, OMP matching the rest of the target (b − Σ_F m g), then
+            riders on the final fit for any slot left (module docstring); the result has exactly
+            ``min(budget, n)`` elements when λ = 0. ``"none"``: return the support alone and leave
+            the slots to the caller (the selectors' random fill).
         generator: Randomness of the ``"match"`` draws.
+        sample_weight: (n,) multiplicity m_i of each candidate in the target (default 1): the
+            default target is Σ m_i g_i and a surplus draw gets weight m_j, so what is left to
+            match stays a non-negative combination of the candidates not drawn (for a given
+            ``target``, that holds when target = Σ c_i g_i with c ≥ m).
         structure: Take Gram blocks from the rank-one factors of last-layer gradient features when
             every row has that form (:mod:`advtrain.selection.gram`; ~10× fewer FLOPs in the pool
             and cross products); off, or for other features: dense float64 products.
@@ -514,11 +521,15 @@ def batch_omp(features: Tensor, budget: int, *, lam: float = 0.0, target: Tensor
     if cap * (cap + dim) * 8 > max_factor_bytes:
         raise FactorTooLarge("fast", n, budget, cap, cap * (cap + dim) * 8, ridge=lam > 0)
     g = features
-    b = g.sum(dim=0, dtype=torch.float64) if target is None else target.to(device=device, dtype=torch.float64)
+    mult = torch.ones(n, dtype=torch.float64, device=device) if sample_weight is None else \
+        sample_weight.to(device=device, dtype=torch.float64)
+    if mult.shape != (n,) or bool((mult < 0).any()):
+        raise ValueError(f"sample_weight must be {n} non-negative multiplicities, got shape {tuple(mult.shape)}")
+    b = _row_sum(g, torch.arange(n, device=device), mult) if target is None else \
+        target.to(device=device, dtype=torch.float64)
     empty = torch.zeros(0, dtype=torch.long, device=device)
     if budget <= 0 or float(b.norm()) == 0:
         return empty, torch.zeros(0, dtype=features.dtype, device=device)
-    alpha = n / budget  # average weight of a coreset element: the budget stands for all n candidates
     drawn = torch.zeros(n, dtype=torch.bool, device=device)
     fill = empty
     if surplus == "match" and budget > dim:
@@ -527,44 +538,47 @@ def batch_omp(features: Tensor, budget: int, *, lam: float = 0.0, target: Tensor
     factors = last_layer_factors(g) if structure else None
     fit = _BlockRidge(g, lam, cap, factors=factors)
     step = max(1, math.ceil((budget - len(fill)) / rounds))  # OMP spends only what the up-front draws leave
-    goal = b - alpha * _row_sum(g, fill)
+    # A draw stands for itself (its multiplicity): the goal left to OMP is the sum over the candidates not
+    # drawn, a point of their cone, so an exact non-negative match of at most rank ≤ D atoms exists
+    # (Carathéodory). Drawing at the mean weight n/k instead subtracts more than the draws put in, and on
+    # class-clustered features that goal left the cone: OMP then stopped at the NNLS optimum, short of
+    # the budget and inexact, after pruning most of what it added.
+    goal = b - _row_sum(g, fill, mult)
     tol_abs = tol * float(b.norm())
+    fit.match(goal, budget - len(fill), drawn, tol_abs, step)
     riders, rider_weights = empty, torch.zeros(0, dtype=torch.float64, device=device)
-    for passes in range(4):
-        fit.match(goal, budget - len(fill), drawn, tol_abs, step)
-        room = budget - len(fill) - len(fit.atoms)
-        if surplus == "none" or room <= 0 or not fit.exact:
-            break
-        # Exact with slots left: grow the support up to the numerical rank first (more atoms refine
-        # the match); rank-deficient features (last-layer gradients) then leave slots whose draws all
-        # lie in the span of the support and ride on it.
-        fit.match(goal, budget - len(fill), drawn, 0.0, step, saturate=True)
-        fit.exact = float((goal - fit.combination(fit.weights)).norm()) <= tol_abs
-        room = budget - len(fill) - len(fit.atoms)
-        if room <= 0 or not fit.exact:
-            break
+    room = budget - len(fill) - len(fit.atoms)
+    if surplus == "match" and room > 0 and lam == 0:
         free = ~drawn
         free[fit.atoms] = False
-        extra = _draw(free, room, generator)
-        if len(extra) == 0:
-            break
-        in_span, coef = fit.span_coefficients(extra) if lam == 0 else (torch.zeros_like(extra, dtype=torch.bool), None)
-        if bool(in_span.all()) or passes == 3:
-            # The match is final: draws in the span of the support ride on it (below); a draw outside
-            # it at the last pass is left out, and its slot to the caller.
-            if coef is not None and bool(in_span.any()):
-                riders, rider_weights = extra[in_span], fit.ride(coef, alpha)
-            break
-        outside = extra[~in_span]  # these move the goal out of the fit's span: re-match with them
-        drawn[outside] = True
-        fill = torch.cat([fill, outside])
-        goal = goal - alpha * _row_sum(g, outside)
+        riders, rider_weights = _riders(fit, goal, free, room, mult, tol_abs, generator)
     w = fit.weights
     keep = w > 0
     idx = torch.cat([fit.atoms[keep], fill, riders])
-    weights = torch.cat([w[keep], torch.full((len(fill),), alpha, dtype=torch.float64, device=device),
-                         rider_weights])
+    weights = torch.cat([w[keep], mult[fill], rider_weights])
     return idx, weights.to(features.dtype)
+
+
+def _riders(fit: _BlockRidge, goal: Tensor, free: Tensor, room: int, mult: Tensor, tol_abs: float,
+            generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """``room`` more candidates that ride on the final fit (:meth:`_BlockRidge.ride`): (indices, weights).
+
+    Of ``_RIDER_POOL``·room uniform draws, those in the span of the support come first (in draw
+    order: the match does not move), then the nearest to it; these share what the tolerance leaves
+    of the residual, at least a hundredth of it. Rank-deficient features (last-layer gradients) have
+    far more candidates in the span than slots, so riders rarely move the match at all.
+    """
+    extra = _draw(free, _RIDER_POOL * room, generator)
+    if len(extra) == 0:
+        return extra, torch.zeros(0, dtype=torch.float64, device=goal.device)
+    coef, dist, in_span = fit.projection(extra)
+    _, sq, _ = fit._products(extra, pairwise=False)
+    rel = torch.where(in_span, 0.0, dist / sq.sqrt().clamp_min(1e-300))
+    order = torch.sort(rel, stable=True).indices[:room]
+    left = tol_abs - float((goal - fit.combination(fit.weights)).norm())
+    weights = fit.ride(coef[:, order], mult[extra[order]], torch.where(in_span, 0.0, dist)[order],
+                       max(left, 0.01 * tol_abs))
+    return extra[order], weights
 
 
 def _draw(free: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
@@ -574,11 +588,12 @@ def _draw(free: Tensor, count: int, generator: torch.Generator | None) -> Tensor
     return pool[order[: max(0, count)]]
 
 
-def _row_sum(g: Tensor, idx: Tensor, chunk: int = 2048) -> Tensor:
-    """Σ_{i∈idx} g_i in float64, gathered a chunk of rows at a time."""
+def _row_sum(g: Tensor, idx: Tensor, mult: Tensor, chunk: int = 2048) -> Tensor:
+    """Σ_{i∈idx} m_i g_i in float64, gathered a chunk of rows at a time."""
     out = torch.zeros(g.shape[1], dtype=torch.float64, device=g.device)
     for s in range(0, len(idx), chunk):
-        out += g[idx[s:s + chunk]].sum(dim=0, dtype=torch.float64)
+        part = idx[s:s + chunk]
+        out += mult[part] @ g[part].to(torch.float64)
     return out
 
 
@@ -772,47 +787,46 @@ class _BlockRidge:
         inner = block @ block.T if pairwise else (block * block).sum(dim=1)
         return block, inner, self.rows @ block.T if self.k else None
 
-    def span_coefficients(self, cand: Tensor) -> tuple[Tensor, Tensor]:
-        """Which candidates lie in the span of the support, and their coefficients there (k × #in-span).
-
-        g_j = Σ_s c_sj g_s for a candidate j in the span (λ = 0): the same pivot test as :meth:`add`.
-        """
+    def projection(self, cand: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The candidates' least-squares coefficients on the support (k × #cand), their distances to its
+        span, and which lie in it (the same pivot test as :meth:`add`): g_j = Σ_s c_sj g_s + r_j."""
         _, sq, cross = self._products(cand, pairwise=False)
         y = torch.linalg.solve_triangular(self.factor, cross, upper=False)
-        in_span = sq - (y * y).sum(dim=0) <= _SPAN_RTOL * sq.clamp_min(1e-300)
-        coef = torch.linalg.solve_triangular(self.factor.T, y[:, in_span], upper=True)
-        return in_span, coef
+        dist_sq = (sq - (y * y).sum(dim=0)).clamp_min(0)
+        coef = torch.linalg.solve_triangular(self.factor.T, y, upper=True)
+        return coef, dist_sq.sqrt(), dist_sq <= _SPAN_RTOL * sq.clamp_min(1e-300)
 
-    def ride(self, coef: Tensor, alpha: float, keep: float = 0.5) -> Tensor:
-        """Give candidates in the span of the support positive weights without changing the fit.
+    def ride(self, coef: Tensor, nominal: Tensor, dist: Tensor, slack: float, keep: float = 0.5) -> Tensor:
+        """Give candidates positive weights while the fit moves by at most ``slack``.
 
-        With g_j = Σ_s c_sj g_s, adding t_j g_j and removing t_j Σ_s c_sj g_s leaves Σ w g
-        unchanged, so a rank-deficient feature set (last-layer gradients: Σ_c e_c = 0 makes the rank
-        (C − 1)(H + 1) < D) fills its surplus slots and keeps an exact match, with no re-match.
-        Rider by rider, t_j = α (the uniform coreset weight) unless that would take a support weight
-        below ``keep`` of its current value; then t_j shrinks to that limit. An exact non-negative
-        match sits at a vertex with some small support weights, so riders often get far less than α
-        (bench/results/solvers_scale_cpu.md reports how much). Returns the riders' weights, all > 0.
+        With g_j = Σ_s c_sj g_s + r_j, adding t_j g_j and removing t_j Σ_s c_sj g_s moves Σ w g by
+        t_j r_j: nothing for a candidate in the span of the support (rank-deficient features such as
+        last-layer gradients, Σ_c e_c = 0, leave most draws there), and at most ``slack`` in all
+        for the others, whose t_j is capped by the slack they share (Σ_j t_j ‖r_j‖ ≤ slack). Rider by
+        rider, t_j = ``nominal``_j (its multiplicity) unless that would take a support weight below
+        ``keep`` of its current value or overrun its slack share; then t_j shrinks to that limit.
+        An exact non-negative match sits at a vertex with some small support weights, so riders
+        often get less than their multiplicity (bench/results/solvers_scale_cpu.md reports how
+        much). Returns the riders' weights, all > 0.
         """
         w = self.weights.clone()
         out = torch.zeros(coef.shape[1], dtype=torch.float64, device=w.device)
+        outside = dist > 0
+        share = slack / max(1, int(outside.sum()))
         for j in range(coef.shape[1]):
-            shift = alpha * coef[:, j]
+            nom = float(nominal[j])
+            shift = nom * coef[:, j]
             grows = shift > 0
             t = 1.0 if not bool(grows.any()) else min(1.0, (1 - keep) * float((w[grows] / shift[grows]).min()))
+            if bool(outside[j]):
+                t = min(t, share / (nom * float(dist[j])))
             w -= t * shift
-            out[j] = t * alpha
+            out[j] = t * nom
         self.weights = w
         return out
 
-    def match(self, goal: Tensor, budget: int, excluded: Tensor, tol_abs: float, step: int,
-              saturate: bool = False) -> None:
-        """Batch OMP rounds towards ``goal`` with at most ``budget`` atoms, none of them ``excluded``.
-
-        ``saturate``: stop at the first round whose pool adds no atom (they all lie in the span of the
-        support) instead of retrying with the next pool; used to grow an exact support up to the
-        numerical rank of the features.
-        """
+    def match(self, goal: Tensor, budget: int, excluded: Tensor, tol_abs: float, step: int) -> None:
+        """Batch OMP rounds towards ``goal`` with at most ``budget`` atoms, none of them ``excluded``."""
         self.retarget(goal)
         if len(self.atoms):
             self.refit(torch.zeros(len(self.atoms), dtype=torch.bool, device=goal.device))
@@ -835,8 +849,6 @@ class _BlockRidge:
                 return
             added = self.add(top.indices[positive], top.values[positive], min(step, room))
             if len(added) == 0:
-                if saturate:
-                    return
                 continue
             fresh = torch.zeros(len(self.atoms), dtype=torch.bool, device=goal.device)
             fresh[-len(added):] = True

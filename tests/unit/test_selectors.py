@@ -186,7 +186,7 @@ def test_random_is_redrawn_at_every_call_and_batch_wise_draws_whole_batches():
 def test_gradmatch_short_selection_is_filled_to_budget():
     feats = torch.zeros(20, 3)
     feats[:, 0] = 1.0  # every atom identical: OMP matches the target with one atom of weight 20
-    sel = _run("gradmatch", GradMatchParams(fraction=0.5, granularity="sample"), feats,
+    sel = _run("gradmatch", GradMatchParams(fraction=0.5, granularity="sample", surplus="fill"), feats,
                torch.zeros(20, dtype=torch.long))
     assert len(sel.indices) == 10 and len(set(sel.indices.tolist())) == 10
     # the pick (weight 20) and the 9 fill samples share its weight: mean per-sample weight, total kept
@@ -210,8 +210,8 @@ def test_fill_keeps_each_class_weight_when_omp_stops_early():
 def test_batch_wise_fill_adds_whole_batches():
     feats = torch.zeros(24, 3)
     feats[:, 0] = 1.0  # one batch matches the target: it stands for all 24 samples
-    sel = _run("gradmatch", GradMatchParams(fraction=0.5, batch_size=4), feats, torch.zeros(24, dtype=torch.long),
-               seed=8)
+    sel = _run("gradmatch", GradMatchParams(fraction=0.5, batch_size=4, surplus="fill"), feats,
+               torch.zeros(24, dtype=torch.long), seed=8)
     assert len(sel.indices) == 12 and _is_union_of_batches(sel.indices, _partition(torch.arange(24), 4, seed=8))
     assert sel.weights.tolist() == pytest.approx([2.0] * 12)  # total 24 = n, spread over 3 batches
 
@@ -242,8 +242,8 @@ def _relative_mismatch(sel, feats: torch.Tensor) -> float:
 
 def test_gradmatch_budget_beyond_the_dimension_keeps_the_match_with_surplus_match():
     # k = 20 samples > D = 3: OMP matches exactly with ≤ 3 atoms. surplus=match draws the other
-    # samples at weight n/k and re-matches; surplus=fill (and the exact solver) top up at random
-    # and rescale, which loses the match.
+    # samples at weight 1 (each stands for itself) and matches the rest; surplus=fill (and the exact
+    # solver) top up at random and rescale, which loses the match.
     feats = torch.randn(40, 3, generator=_gen(12)) + 0.5
     labels = torch.zeros(40, dtype=torch.long)
     match = _run("gradmatch", GradMatchParams(fraction=0.5, granularity="sample"), feats, labels)
@@ -252,7 +252,7 @@ def test_gradmatch_budget_beyond_the_dimension_keeps_the_match_with_surplus_matc
     assert len(match.indices) == len(fill.indices) == len(exact.indices) == 20
     assert _relative_mismatch(match, feats) < 1e-5
     assert _relative_mismatch(fill, feats) > 1e-3 and _relative_mismatch(exact, feats) > 1e-3
-    assert float(match.weights.sum()) == pytest.approx(40, rel=0.2) and (match.weights > 0).all()
+    assert int((match.weights == 1).sum()) >= 20 - 3 and (match.weights > 0).all()
 
 
 def test_craig_stochastic_greedy_is_reproducible_and_weights_sum_to_n():
