@@ -5,6 +5,10 @@
     python bench/solvers.py --scale         # sample-wise GradMatch on 50k × 5130 (k = 2.5k, 12.5k, 25k)
                                             # and CRAIG per class on 10 × 5000, exact vs fast solvers,
                                             # on random and on last-layer (rank-one) features
+    python bench/solvers.py --scale --append --only gradmatch-fast-25000-clustered-lowrank
+                                            # add rows to the committed table (class-clustered
+                                            # features: advtrain/selection/synthetic.py)
+    python bench/solvers.py --scale --append --n 10000 --hidden 128 --only ...   # smaller rows
 
 The ``--scale`` cells run each in a fresh process so the peak resident memory (``ru_maxrss``,
 the 1 GiB feature matrix included) belongs to that cell alone; matching error is
@@ -14,7 +18,9 @@ Features have the shapes of ResNet-18's last layer on CIFAR-10 (D = 10 + 10·512
 D = 10). The default cells use random rows and run through the registered selectors, exactly as a
 training run calls them (budget 50% of N). The ``--scale`` cells come in two kinds: random rows
 (no structure, the dense path) and last-layer cross-entropy gradients (rank one per sample, which
-the solvers detect and exploit: see ``advtrain/selection/gram.py``).
+the solvers detect and exploit: see ``advtrain/selection/gram.py``), and ``clustered-<structure>``:
+last-layer gradients on class-clustered embeddings with a trained-like head, as a trained network's
+are (``advtrain/selection/synthetic.py``; no trained CIFAR model is at hand to take real ones from).
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ SCALE = [  # (kind, solver, k, features): GradMatch on all 50k samples, CRAIG pe
     ("gradmatch", "fast-fill", 25_000, "lastlayer"),
     ("craig", "exact", 2_500, "lastlayer"), ("craig", "lazy", 2_500, "lastlayer"),
     ("craig", "stochastic", 2_500, "lastlayer"),
+    *[("gradmatch", "fast", k, "clustered-lowrank") for k in (2_500, 12_500, 25_000)],
+    ("gradmatch", "fast", 25_000, "clustered-collapsed"), ("gradmatch", "fast", 25_000, "clustered-shared"),
+    ("gradmatch", "fast-fill", 25_000, "clustered-lowrank"), ("craig", "lazy", 2_500, "clustered-lowrank"),
 ]
 
 
@@ -82,6 +91,10 @@ def scale_features(kind: str, n: int, dim: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     if kind == "random":
         return torch.randn(n, dim, generator=gen)
+    if kind.startswith("clustered-"):
+        from advtrain.selection.synthetic import clustered_features
+
+        return clustered_features(n, 10, dim // 10 - 1, structure=kind.split("-", 1)[1], seed=0)[0]
     from advtrain.objectives.lastlayer import cross_entropy_grads
 
     classes = 10
@@ -92,11 +105,10 @@ def scale_features(kind: str, n: int, dim: int) -> torch.Tensor:
     return cross_entropy_grads(logits, torch.relu(torch.randn(n, hidden, generator=gen)), labels)
 
 
-def scale_cell(kind: str, solver: str, k: int, dim: int, features: str = "random") -> dict:
+def scale_cell(kind: str, solver: str, k: int, dim: int, features: str = "random", n: int = 50_000) -> dict:
     """One ``--scale`` cell, in this process: seconds, quality, peak memory."""
     from advtrain.selection.solvers import batch_omp, facility_location, orthogonal_matching_pursuit
 
-    n = 50_000
     feats = scale_features(features, n, dim)
     out: dict = {"kind": kind, "solver": solver, "n": n, "d": dim, "k": k, "features": features}
     start = time.perf_counter()
@@ -115,14 +127,16 @@ def scale_cell(kind: str, solver: str, k: int, dim: int, features: str = "random
             approx += w[s:s + 4096].double() @ feats[idx[s:s + 4096]].double()
         out["matching_error"] = float((approx - target).norm() / target.norm())
         out["support"] = int(len(idx))
+        out["unique"] = int(len(torch.unique(idx)))
+        out["weight_sum_over_n"] = float(w.double().sum()) / n
         out["weights_below_1pct_of_n_over_k"] = int((w.double() < 0.01 * n / k).sum())  # riders that carry ~nothing
     else:  # CRAIG per class: 10 classes of 5000, k/10 each; objective Σ_i min_j d_ij summed over classes
-        per_class = k // 10
+        per_class, size = k // 10, n // 10
         x = feats.double() if solver == "exact" else feats
         total = 0.0
         solver_s = 0.0
         for c in range(10):
-            rows = x[c * 5000:(c + 1) * 5000]
+            rows = x[c * size:(c + 1) * size]
             t0 = time.perf_counter()
             idx, _ = facility_location(rows, per_class, stochastic_eps=0.01 if solver == "stochastic" else None,
                                        generator=torch.Generator().manual_seed(c), structure=solver != "exact")
@@ -140,52 +154,83 @@ def scale_cell(kind: str, solver: str, k: int, dim: int, features: str = "random
     return out
 
 
-def run_scale(cells: list[tuple[str, str, int, str]], timeout: int) -> list[dict]:
+def run_scale(cells: list[tuple[str, str, int, str]], timeout: int, n: int, dim: int) -> list[dict]:
     rows = []
     for kind, solver, k, features in cells:
-        dim = 5_130
+        k = k * n // 50_000  # the same fractions of a smaller set
         load = os.getloadavg()
-        cmd = [sys.executable, __file__, "--cell", f"{kind},{solver},{k},{dim},{features}"]
+        cmd = [sys.executable, __file__, "--cell", f"{kind},{solver},{k},{dim},{features},{n}"]
+        base = {"kind": kind, "solver": solver, "n": n, "d": dim, "k": k, "features": features}
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
             row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
-                "kind": kind, "solver": solver, "k": k, "features": features,
-                "note": done.stderr.strip().splitlines()[-1][:200]}
+                **base, "note": done.stderr.strip().splitlines()[-1][:200]}
         except subprocess.TimeoutExpired:
-            row = {"kind": kind, "solver": solver, "k": k, "features": features,
-                   "note": f"did not finish in {timeout} s"}
+            row = {**base, "note": f"did not finish in {timeout} s"}
         row["load_before"] = [round(v, 2) for v in load]
         rows.append(row)
         print(row, flush=True)
     return rows
 
 
-def scale_report(rows: list[dict]) -> str:
-    lines = ["# Solvers at full scale (CPU)", "", f"Command: `{command_line()}`", "", f"Machine: {machine()}", "",
-             "50,000 × 5,130 float32 features (1 GiB), two kinds: `random`, N(0, 1) rows with no structure (the "
-             "solvers' dense path), and `lastlayer`, cross-entropy gradients of a 10-class linear layer on 512-d "
-             "ReLU embeddings: what a training run hands the solvers, rank one per sample, so the solvers detect "
-             "it and take Gram blocks from the factors (`advtrain/selection/gram.py`). GradMatch: sample-wise, "
-             "the whole set, target Σ g_i; matching error ‖Σ_S w_j g_j − Σ_i g_i‖ / ‖Σ_i g_i‖ against the "
-             "float32 features themselves. CRAIG: per class, 10 classes × 5,000, k/10 each; its quality column "
-             "is Σ_i min_{j∈S} ‖g_i − g_j‖² summed over the classes (lower is better), and its time is the ten "
-             "solver calls alone. `exact` = the references (one-atom OMP; float64 dense CRAIG). Peak = the "
-             "cell's process max RSS, features included. Load = `os.getloadavg()` (1, 5, 15 min) just before "
-             "the cell.", "",
-             "| features | solver | kind | k | wall s | CPU s (2 threads) | matching error / Σ min d | support "
-             "| weights < 0.01·n/k | peak GiB | load before |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+_SCALE_INTRO = (
+    "float32 features (50,000 × 5,130 = 1 GiB unless the row says otherwise), three kinds: `random`, "
+    "N(0, 1) rows with no structure (the solvers' dense path); `lastlayer`, cross-entropy gradients of a "
+    "10-class linear layer on 512-d ReLU embeddings unrelated to the class: rank one per sample, so the "
+    "solvers detect it and take Gram blocks from the factors (`advtrain/selection/gram.py`); and "
+    "`clustered-<structure>`, the same gradients on class-clustered embeddings with a trained-like head, "
+    "as a trained network's are (`advtrain/selection/synthetic.py`: `lowrank` = each class a thin slab, "
+    "`collapsed` = tight isotropic clusters, `shared` = one low-dimensional subspace for all classes). "
+    "GradMatch: sample-wise, the whole set, target Σ g_i; matching error ‖Σ_S w_j g_j − Σ_i g_i‖ / "
+    "‖Σ_i g_i‖ computed by the bench in float64 against the float32 features themselves (not the "
+    "solver's report); returned = elements returned (unique = distinct ones; the budget is k); Σw/n = "
+    "the weights' sum over n. CRAIG: per class, 10 classes × n/10, k/10 each; its quality column is "
+    "Σ_i min_{j∈S} ‖g_i − g_j‖² summed over the classes (lower is better), and its time is the ten "
+    "solver calls alone. `exact` = the references (one-atom OMP; float64 dense CRAIG). Peak = the "
+    "cell's process max RSS, features included. Load = `os.getloadavg()` (1, 5, 15 min) just before "
+    "the cell: the machine is shared, so wall and CPU seconds grow with the load.")
+
+
+def _scale_table(rows: list[dict]) -> list[str]:
+    lines = ["| features | n × D | solver | kind | k | wall s | CPU s (2 threads) | matching error / Σ min d "
+             "| returned (unique) | weights < 0.01·n/k | Σw/n | peak GiB | load before |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         features = r.get("features", "random")
+        shape = f"{r.get('n', 50_000):,} × {r.get('d', 5_130):,}"
         if "note" in r:
-            lines.append(f"| {features} | {r['solver']} | {r['kind']} | {r['k']} | {r['note']} | | | | | | "
-                         f"{r['load_before']} |")
+            lines.append(f"| {features} | {shape} | {r['solver']} | {r['kind']} | {r['k']} | {r['note']} "
+                         f"| | | | | | | {r['load_before']} |")
             continue
         quality = (f"{r['matching_error']:.3g}" if r["kind"] == "gradmatch" else f"{r['sum_min_distance']:.6g}")
-        lines.append(f"| {features} | {r['solver']} | {r['kind']} | {r['k']} | {r['seconds']:.1f} | "
-                     f"{r['solver_cpu_seconds']:.1f} | {quality} | {r.get('support', '')} | "
-                     f"{r.get('weights_below_1pct_of_n_over_k', '')} | {r['peak_gib']:.2f} | {r['load_before']} |")
-    return "\n".join(lines) + "\n"
+        returned = f"{r['support']} ({r['unique']})" if "unique" in r else str(r.get("support", ""))
+        wsum = f"{r['weight_sum_over_n']:.3f}" if "weight_sum_over_n" in r else ""
+        lines.append(f"| {features} | {shape} | {r['solver']} | {r['kind']} | {r['k']} | {r['seconds']:.1f} | "
+                     f"{r['solver_cpu_seconds']:.1f} | {quality} | {returned} | "
+                     f"{r.get('weights_below_1pct_of_n_over_k', '')} | {wsum} | {r['peak_gib']:.2f} | "
+                     f"{r['load_before']} |")
+    return lines
+
+
+def scale_report(runs: list[dict]) -> str:
+    """Every run's rows under its own command and machine (older runs first: they measured older code)."""
+    lines = ["# Solvers at full scale (CPU)", "", _SCALE_INTRO, ""]
+    for i, run_ in enumerate(runs):
+        lines += [f"## Run {i + 1}" + (f": {run_['title']}" if run_.get("title") else ""), "",
+                  f"Command: `{run_['command']}`", "", f"Machine: {run_['machine']}", ""]
+        if run_.get("note"):
+            lines += [run_["note"], ""]
+        lines += _scale_table(run_["rows"]) + [""]
+    return "\n".join(lines)
+
+
+def _load_runs(path: str) -> list[dict]:
+    """The committed runs of the --scale table (the file's first form held one run at the top level)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        record = json.load(f)
+    return record["runs"] if "runs" in record else [{k: record[k] for k in ("machine", "command", "rows")}]
 
 
 def main() -> None:
@@ -197,11 +242,15 @@ def main() -> None:
     parser.add_argument("--only", default="", help="with --scale: comma-separated cells kind-solver-k-features "
                                                    "(e.g. gradmatch-fast-25000-lastlayer), in run order")
     parser.add_argument("--timeout", type=int, default=900, help="with --scale: seconds per cell")
+    parser.add_argument("--n", type=int, default=50_000, help="with --scale: samples (k scales with it)")
+    parser.add_argument("--hidden", type=int, default=512, help="with --scale: embedding width H (D = 10(H + 1))")
+    parser.add_argument("--append", action="store_true", help="with --scale: keep the committed runs, add this one")
+    parser.add_argument("--title", default="", help="with --scale: heading of this run in the table")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
-        kind, solver, k, dim, features = args.cell.split(",")
-        print(json.dumps(scale_cell(kind, solver, int(k), int(dim), features)))
+        kind, solver, k, dim, features, n = args.cell.split(",")
+        print(json.dumps(scale_cell(kind, solver, int(k), int(dim), features, int(n))))
         return
     if args.scale:
         wanted = args.only.split(",") if args.only else None
@@ -209,9 +258,12 @@ def main() -> None:
             return "-".join(str(v) for v in c)
 
         cells = [c for c in SCALE if wanted is None or name(c) in wanted]
-        rows = run_scale(sorted(cells, key=lambda c: wanted.index(name(c))) if wanted else cells, args.timeout)
-        write_result("solvers_scale_cpu", {"machine": machine(), "command": command_line(), "rows": rows},
-                     scale_report(rows))
+        rows = run_scale(sorted(cells, key=lambda c: wanted.index(name(c))) if wanted else cells, args.timeout,
+                         args.n, 10 * (args.hidden + 1))
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "solvers_scale_cpu.json")
+        runs = _load_runs(path) if args.append else []
+        runs.append({"title": args.title, "machine": machine(), "command": command_line(), "rows": rows})
+        write_result("solvers_scale_cpu", {"runs": runs}, scale_report(runs))
         return
     rows = []
     for n, d, granularity, per_class, big in CELLS:
