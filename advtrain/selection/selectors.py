@@ -46,14 +46,7 @@ from advtrain.errors import UserError
 from advtrain.params import param
 from advtrain.registry import Registry
 from advtrain.selection.coreset import Coreset
-from advtrain.selection.solvers import (
-    FactorTooLarge,
-    batch_omp,
-    facility_location,
-    full_subset,
-    orthogonal_matching_pursuit,
-    random_subset,
-)
+from advtrain.selection.solvers import FactorTooLarge, batch_omp, facility_location, orthogonal_matching_pursuit
 
 SELECTORS = Registry("selector")
 
@@ -257,6 +250,8 @@ class Selector(ABC):
 
     #: False for selectors that use only the labels: the selection pass then attacks nothing.
     needs_features = True
+    #: False for a selector that keeps every sample (``full``): the loop then never runs a selection pass.
+    selects = True
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -289,11 +284,11 @@ class FullSelector(Selector):
     """Every sample, unit weights (plain adversarial training)."""
 
     needs_features = False
+    selects = False
 
     def __call__(self, features: Tensor, labels: Tensor, *, generator: torch.Generator,
                  batch_size: int) -> Coreset:
-        indices, weights = full_subset(len(labels))
-        return Coreset(indices, weights)
+        return Coreset(torch.arange(len(labels)), torch.ones(len(labels)))
 
 
 @SELECTORS.register("random", RandomParams)
@@ -309,7 +304,7 @@ class RandomSelector(SolverSelector):
         return coreset
 
     def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx, _ = random_subset(len(c.sizes), k, gen)
+        idx = torch.randperm(len(c.sizes), generator=gen)[: max(0, min(k, len(c.sizes)))]
         return idx, c.sizes[idx].double()
 
 

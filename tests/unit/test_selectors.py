@@ -169,6 +169,14 @@ def test_full_and_random():
     assert len(r1.indices) == 5 and (r1.weights == 1).all()
     assert not torch.equal(r1.indices, r2.indices)
     assert torch.equal(r1.indices, _run("random", params, torch.zeros(10, 2), labels, seed=1).indices)
+    every = _run("random", RandomParams(fraction=1.0, granularity="sample"), torch.zeros(3, 2), labels[:3])
+    assert every.indices.tolist() == [0, 1, 2] and every.weights.tolist() == [1.0] * 3
+
+
+def test_only_full_keeps_every_sample_without_selecting():
+    # The loop asks ``selects`` (not the name) whether a coreset epoch ever runs a selection pass.
+    selects = {name: SELECTORS.get(name).constructor.selects for name in SELECTORS.names()}
+    assert selects == {name: name != "full" for name in SELECTORS.names()}
 
 
 def test_random_is_redrawn_at_every_call_and_batch_wise_draws_whole_batches():

@@ -9,14 +9,13 @@ import pytest
 import torch
 from scipy.optimize import nnls
 
-from advtrain.selection import solvers
 from advtrain.selection.solvers import (
     FactorTooLarge,
     batch_omp,
+    cholesky,
     facility_location,
-    full_subset,
+    omp_exact,
     orthogonal_matching_pursuit,
-    random_subset,
 )
 
 
@@ -152,8 +151,8 @@ def test_omp_prunes_negative_weights_and_keeps_going(monkeypatch):
     # A case (found by search) where refitting makes an earlier atom negative: it is pruned and
     # banned, and OMP continues instead of stopping. The result is NNLS on its own support.
     pruned = []
-    remove = solvers._IncrementalRidge.remove
-    monkeypatch.setattr(solvers._IncrementalRidge, "remove",
+    remove = omp_exact._IncrementalRidge.remove
+    monkeypatch.setattr(omp_exact._IncrementalRidge, "remove",
                         lambda self, pos: (pruned.append(self.atoms[pos]), remove(self, pos))[1])
     gen = torch.Generator().manual_seed(1)
     g = torch.randn(8, 4, generator=gen, dtype=torch.float64)
@@ -179,16 +178,6 @@ def test_omp_ridge_weights_solve_the_regularised_normal_equations():
     a = g[idx].numpy()
     expected = np.linalg.solve(a @ a.T + 3.0 * np.eye(len(idx)), a @ g.sum(0).numpy())
     assert w.numpy() == pytest.approx(expected, abs=1e-9)
-
-
-def test_random_and_full_subsets():
-    gen = torch.Generator().manual_seed(0)
-    idx, w = random_subset(10, 4, gen)
-    assert len(set(idx.tolist())) == 4 and w.tolist() == [1.0] * 4
-    assert not torch.equal(idx, random_subset(10, 4, gen)[0])  # the generator moves on
-    assert random_subset(3, 8, gen)[0].sort().values.tolist() == [0, 1, 2]
-    idx, w = full_subset(4)
-    assert idx.tolist() == [0, 1, 2, 3] and w.tolist() == [1.0] * 4
 
 
 def test_omp_weights_nonnegative_and_ridge_shrinks():
@@ -302,22 +291,22 @@ def test_factor_row_deletion_equals_refactorising():
     gen = torch.Generator().manual_seed(9)
     a = torch.randn(7, 10, generator=gen, dtype=torch.float64)
     gram = a @ a.T
-    low = solvers._lower(7, torch.device("cpu"))
+    low = cholesky._lower(7, torch.device("cpu"))
     low[:] = torch.linalg.cholesky(gram)
     for q in (0, 3, 6):
         keep = [i for i in range(7) if i != q]
         expected = torch.linalg.cholesky(gram[keep][:, keep])
-        assert torch.allclose(solvers._delete_factor_row(low, q), expected, atol=1e-12)
+        assert torch.allclose(cholesky._delete_factor_row(low, q), expected, atol=1e-12)
 
 
 def test_exact_omp_may_bring_back_an_atom_pruned_after_others_joined(monkeypatch):
     # Banning every pruned atom forever made large budgets 1.9× worse; only an atom pruned right
     # after its own addition is banned. Here an atom pruned later is picked again and kept.
     pruned, added = [], []
-    remove, add = solvers._IncrementalRidge.remove, solvers._IncrementalRidge.add
-    monkeypatch.setattr(solvers._IncrementalRidge, "remove",
+    remove, add = omp_exact._IncrementalRidge.remove, omp_exact._IncrementalRidge.add
+    monkeypatch.setattr(omp_exact._IncrementalRidge, "remove",
                         lambda self, pos: (pruned.append(self.atoms[pos]), remove(self, pos))[1])
-    monkeypatch.setattr(solvers._IncrementalRidge, "add",
+    monkeypatch.setattr(omp_exact._IncrementalRidge, "add",
                         lambda self, j, row: (added.append(j), add(self, j, row))[1])
     gen = torch.Generator().manual_seed(36)  # found by search: atom 7 is pruned, then picked again
     g = torch.randn(30, 8, generator=gen, dtype=torch.float64)
