@@ -17,7 +17,7 @@ A solver that stops short (OMP) is topped up with random unpicked candidates (:f
 GradMatch's fast solver with ``surplus: match`` (the default, λ = 0) never stops short: it fills
 the budget itself with uniform draws that stand for themselves (weight 1 per sample) and matches
 the rest of the target, and the slots left ride on the final fit without moving the match (see
-:mod:`advtrain.selection.solvers`), so the fill — which rescales and so loses the match — is what
+:mod:`advtrain.selection.solvers.omp_batch`), so the fill — which rescales and so loses the match — is what
 the exact solver, ``surplus: fill`` or a ridge λ > 0 fall back to.
 
 Weights are on one scale everywhere: about the number of training samples each selected sample
