@@ -229,6 +229,10 @@ def child_env() -> dict[str, str]:
 class SliceOver(RuntimeError):
     """The hard stop came while a child was running; it was stopped, the slice ends."""
 
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
 
 def execute(argv: list[str], log: Path, hard_stop: float) -> float:
     """``python -m advtrain ARGV`` in the checkout, output to ``log``; its wall seconds.
@@ -252,7 +256,8 @@ def execute(argv: list[str], log: Path, hard_stop: float) -> float:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            raise SliceOver(f"`advtrain {argv[0]}` passed the slice's hard stop and was stopped") from None
+            raise SliceOver(f"`advtrain {argv[0]}` passed the slice's hard stop and was stopped",
+                            time.monotonic() - start) from None
     if code != 0:
         raise CampaignError(f"`advtrain {argv[0]}` exited with code {code}; its output is in {shown(log)} "
                             f"(finished runs are kept; fix the cause and run the same command again).")
@@ -294,6 +299,10 @@ def train(grid: Grid, spec: RunSpec, state: RunState, device: str, data: str | N
     resumable = (state.folder / "last.safetensors").is_file() and not restart
     try:
         state.walls["run"].append(execute([*argv, "--resume" if resumable else "--overwrite"], log, hard_stop))
+    except SliceOver as err:  # the time it ran counts when --resume continues it
+        state.walls["run"].append(err.seconds)
+        state.save_walls(spec)
+        raise
     except CampaignError:
         if not resumable:
             raise

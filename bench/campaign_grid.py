@@ -151,7 +151,10 @@ def grid_path(name_or_path: str) -> Path:
 def load_grid(name_or_path: str) -> Grid:
     """Read and check a grid; every problem is reported at once."""
     path = grid_path(name_or_path)
-    shown = path.name if path.parent == GRIDS else str(name_or_path)
+    try:
+        shown = str(path.resolve().relative_to(ROOT))
+    except ValueError:  # a grid outside the checkout is named by its file name only (no machine path)
+        shown = path.name
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in GRIDS.glob("*.yaml")))
         raise GridError(f"grid '{name_or_path}' not found: give a grid name ({known}) or a grid .yaml file.")

@@ -58,13 +58,13 @@ def markdown(grid: Grid, records: Sequence[dict[str, Any]], command: str,
     one_seed = any(s.accuracy[grid.headline].n == 1 for s in summaries)
     lines = [f"# Campaign `{grid.name}`", "",
              f"Command: `{command}` (the runs: `python bench/campaign.py run {grid.name}`, grid "
-             f"`bench/grids/{grid.source}`).", "",
+             f"`{grid.source}`).", "",
              f"- {len(records)} finished runs; data: {records[0]['data']}"
              + (" (**JPEG copy**: every accuracy below is measured on it, close to but not equal to real CIFAR-10)"
                 if grid.data.get("source") == "cifar10_jpeg" else ""),
              f"- recipe `{grid.recipe}` with `{' '.join(grid.overrides)}`; configurations add their own overrides "
              f"(per-run JSONs in `bench/results/campaign/{grid.name}/`)",
-             f"- evaluation of the last checkpoint: "
+             "- evaluation of the last checkpoint: "
              + "; ".join(f"{'/'.join(e.attacks)} on the first {e.n_examples} test images"
                          + (f" (ε {e.eps}" + (f", step {e.alpha}" if e.alpha else "") + ")" if e.eps else "")
                          for e in grid.evals) + "; fp32",
