@@ -46,10 +46,16 @@ def _paper_speedup(grid: Grid, config: str) -> float | None:
     return full / own if full and own else None
 
 
+def ordered(grid: Grid, summaries: list[ConfigSummary]) -> list[ConfigSummary]:
+    """In the grid's order of configurations (any not in the grid last)."""
+    order = list(grid.configs)
+    return sorted(summaries, key=lambda s: order.index(s.config) if s.config in order else len(order))
+
+
 def markdown(grid: Grid, records: Sequence[dict[str, Any]], command: str,
              summaries: list[ConfigSummary] | None = None, pairs: list[Paired] | None = None) -> str:
     attacks = list(grid.report_attacks)
-    summaries = summaries if summaries is not None else summarise(records, attacks, grid.headline)
+    summaries = summaries if summaries is not None else ordered(grid, summarise(records, attacks, grid.headline))
     pairs = pairs if pairs is not None else paired(summaries, attacks)
     devices = sorted({r["device"] for r in records})
     commits = sorted({f"{(r['git'].get('commit') or 'unknown')[:10]}{' (dirty)' if r['git'].get('dirty') else ''}"
@@ -96,7 +102,7 @@ def markdown(grid: Grid, records: Sequence[dict[str, Any]], command: str,
               "evaluation left out). Measured speed-up = mean loop of the full runs / the run's loop, compile "
               "warm-up included; steady state = the same from median epoch times (no warm-up); ideal = "
               "E / (W + (E − W)·f) with free selection.", "",
-              "| configuration | loop s | advtrain run wall s | full / coreset epoch s | speed-up measured | "
+              "| configuration | loop s | advtrain run wall s | median full / coreset epoch s | speed-up measured | "
               "steady state | ideal | measured / ideal | selection share | selection attack / features / solver s "
               "| paper T min | paper speed-up |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -155,6 +161,10 @@ def plot(path: Path, grid: Grid, summaries: list[ConfigSummary]) -> None:
             for r, x, y in zip(rows, xs, ys, strict=True):
                 if r.selector != "full":
                     ax.annotate(f"{r.fraction:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        paper = [(_paper_speedup(grid, c) or 1.0, row["robust"]) for c, row in (grid.paper.get("rows") or {}).items()
+                 if attack == grid.headline and row.get("robust") is not None]
+        if paper:  # the paper's own (120-epoch, real CIFAR-10) points, for the shape rather than the level
+            ax.scatter([p[0] for p in paper], [p[1] for p in paper], marker="x", color="grey", label="paper Table 1")
         ax.set_xlabel("training-loop speed-up, measured (×)")
         ax.set_ylabel(f"{attack} accuracy (%)")
         ax.set_title(f"{grid.name}: {attack} (mean ± std over seeds)", fontsize=9)
@@ -170,7 +180,7 @@ def plot(path: Path, grid: Grid, summaries: list[ConfigSummary]) -> None:
 
 def write_aggregate(grid: Grid, records: Sequence[dict[str, Any]], out: Path, command: str) -> tuple[Path, Path]:
     attacks = list(grid.report_attacks)
-    summaries = summarise(records, attacks, grid.headline)
+    summaries = ordered(grid, summarise(records, attacks, grid.headline))
     text = markdown(grid, records, command, summaries, paired(summaries, attacks))
     md, png = out / f"campaign_{grid.name}.md", out / f"campaign_{grid.name}.png"
     out.mkdir(parents=True, exist_ok=True)
