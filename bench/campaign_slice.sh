@@ -42,7 +42,9 @@ else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 say "wheels"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"
+fi
 
 smoke=${CAMPAIGN_SMOKE:-tests/integration/test_gpu.py tests/unit/test_device_paths.py::test_compiled_training_matches_the_eager_loss}
 # shellcheck disable=SC2086
