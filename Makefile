@@ -1,6 +1,6 @@
 PYTHON ?= python
 
-.PHONY: install test test-all lint format bench gpu-wheels gpu-check clean
+.PHONY: install test test-all lint format bench bench-stale gpu-wheels gpu-check clean
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'
@@ -19,6 +19,10 @@ format:
 
 bench:
 	$(PYTHON) bench/run_all.py
+
+# Results older than the code they measure (the commit each recorded vs the last commit of that code).
+bench-stale:
+	$(PYTHON) bench/run_all.py --stale
 
 # Wheels the GPU image lacks (omegaconf, lpips, torchattacks), fetched here into .whl/ for an offline GPU machine.
 gpu-wheels:

@@ -18,12 +18,20 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _common import LOCAL, ROOT, SHARED_CIFAR, add_results_arg, cifar_subset, command_line, machine, write_result
+from _common import (
+    LOCAL,
+    ROOT,
+    SHARED_CIFAR,
+    add_results_arg,
+    advtrain,
+    cifar_subset,
+    command_line,
+    machine,
+    write_result,
+)
 
 PAPER_MINUTES = {"full": 292.87, "gradmatch": 148.03}
 PROTOCOL = {"epochs": 120, "warm_start_epochs": 30, "select_every": 20}
@@ -31,20 +39,17 @@ PROTOCOL = {"epochs": 120, "warm_start_epochs": 30, "select_every": 20}
 
 def run(name: str, npz: Path, args: argparse.Namespace, selector: list[str]) -> dict:
     out = LOCAL / "acs_short" / name
-    cmd = [sys.executable, "-m", "advtrain", "run", str(ROOT / "recipes" / "cifar10_linf.yaml"),
-           f"name=acs_{name}", f"output.dir={out}", f"device={args.device}", f"data.path={npz}",
-           f"data.batch_size={args.batch_size}", f"model={args.model}", f"schedule.epochs={args.epochs}",
-           "eval.every=0", f"eval.n_examples={args.n_eval}", "train.log_every=50", *selector, *args.override,
-           "--overwrite"]
-    print("$", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    args_ = ["run", str(ROOT / "recipes" / "cifar10_linf.yaml"),
+             f"name=acs_{name}", f"output.dir={out}", f"device={args.device}", f"data.path={npz}",
+             f"data.batch_size={args.batch_size}", f"model={args.model}", f"schedule.epochs={args.epochs}",
+             "eval.every=0", f"eval.n_examples={args.n_eval}", "train.log_every=50", *selector, *args.override,
+             "--overwrite"]
+    done = advtrain(*args_)
+    print("$", done.command, flush=True)
+    wall = done.seconds
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
-    return {"name": name, "command": " ".join(cmd), "wall_seconds": wall, "metrics": metrics, "report": report}
+    return {"name": name, "command": done.command, "wall_seconds": wall, "metrics": metrics, "report": report}
 
 
 def _median(values: list[float]) -> float | None:

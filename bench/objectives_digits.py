@@ -11,11 +11,8 @@ images at the training ε, step 2.5·ε/50 for PGD/CW.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 
-from _common import LOCAL, ROOT, command_line, machine, write_result
+from _common import LOCAL, advtrain, command_line, machine, parser, write_result
 
 EPS = 0.2
 # Full-data training for every objective: the digits recipe's own selector (GradMatch with a cheaper
@@ -31,19 +28,14 @@ RUNS = {
 ATTACKS = "clean,fgsm,pgd50,cw50,aa"
 
 
-def advtrain(*args: str) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "advtrain", *args], cwd=ROOT, check=True)
-    return time.perf_counter() - start
-
-
 def main() -> None:
+    args = parser(__doc__, device=None).parse_args()
     rows = []
     for name, overrides in RUNS.items():
         out = LOCAL / "objectives_digits" / name
-        train_s = advtrain("run", "recipes/digits_linf.yaml", *overrides, f"output.dir={out}", "--overwrite")
+        train_s = advtrain("run", "recipes/digits_linf.yaml", *overrides, f"output.dir={out}", "--overwrite").seconds
         eval_s = advtrain("eval", str(out / "best.safetensors"), "--attack", ATTACKS, "--eps", str(EPS),
-                          "--alpha", str(2.5 * EPS / 50), "--n-examples", "450", "--out", str(out / "eval"))
+                          "--alpha", str(2.5 * EPS / 50), "--n-examples", "450", "--out", str(out / "eval")).seconds
         report = json.loads((out / "eval" / "report.json").read_text())
         rows.append({"objective": name, "train_seconds": train_s, "eval_seconds": eval_s,
                      "clean_acc": report["clean_acc"], "robust_acc": report["robust_acc"],
@@ -63,7 +55,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"- {r['objective']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["attack_seconds"].items()))
     write_result("objectives_digits", {"machine": machine(), "command": command_line(), "rows": rows},
-                 "\n".join(lines) + "\n")
+                 "\n".join(lines) + "\n", args.results)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Paper Table 2 in small: the same perceptual recipe, only the selector changes. Each model is then
 evaluated on the test split against PAT's unseen threat models (AutoAttack ℓ∞ 8/255 and ℓ2 1,
 StAdv 0.05, ReColorAdv 0.06; union over them) and the perceptual attacks PPGD and LPA at the
-training bound (LPIPS-self, as the models are trained), with times.
+training bound (LPIPS-self, as the models are trained), with times. Training and evaluation go
+through the real CLI (``advtrain run``, ``advtrain eval`` of ``last.safetensors``).
 
     python bench/perceptual_compare.py --dataset digits
     python bench/perceptual_compare.py --dataset cifar10 --n-train 4000 --n-test 200 --epochs 10
@@ -12,17 +13,10 @@ training bound (LPIPS-self, as the models are trained), with times.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
-import time
 
-from _common import LOCAL, cifar_subset, command_line, machine, write_result
-
-from advtrain.attacks.presets import resolve_eval_attacks
-from advtrain.config.load import load_recipe
-from advtrain.eval.robust import evaluate
-from advtrain.io.run_folder import RunFolder
-from advtrain.train.loop import Trainer
-from advtrain.ui.console import SilentReporter
+from _common import LOCAL, add_results_arg, advtrain, cifar_subset, command_line, machine, write_result
 
 
 def overrides_for(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -54,6 +48,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet_tiny_cifar")
     parser.add_argument("--steps", type=int, default=40, help="steps of PPGD / LPA (per λ round)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu"], help="the comparison is sized for a CPU")
+    add_results_arg(parser)
     args = parser.parse_args()
     recipe_path, common = overrides_for(args)
     names = ["unseen", f"ppgd{args.steps}@{args.bound:g}", f"lpa{args.steps}@{args.bound:g}"]
@@ -64,21 +60,19 @@ def main() -> None:
         extra = [f"selector={method}", f"output.dir={out}", f"name=bench_pat_{method}"]
         if method != "full":
             extra.append(f"selector.fraction={args.fraction}")
-        trainer = Trainer(load_recipe(recipe_path, common + extra), SilentReporter())
-        start = time.perf_counter()
-        with RunFolder.claim(out, resuming=False, overwrite=False) as folder:
-            result = trainer.fit(folder)
-        wall = time.perf_counter() - start
-        loop = sum(m.get("train_time", 0.0) + (m.get("selection") or {}).get("total_s", 0.0) for m in result.metrics)
-        attacks = resolve_eval_attacks(names)
-        test = evaluate(trainer.model, trainer.data.test, attacks, n_examples=args.n_eval, batch_size=256,
-                        device=trainer.device, num_classes=trainer.data.num_classes)
+        wall = advtrain("run", recipe_path, *common, *extra).seconds
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        loop = sum(m.get("train_time", 0.0) + (m.get("selection") or {}).get("total_s", 0.0) for m in metrics)
+        advtrain("eval", out / "last.safetensors", "--attack", ",".join(names), "--n-examples", str(args.n_eval),
+                 "--out", out / "eval", "--device", "cpu")
+        test = json.loads((out / "eval" / "report.json").read_text())
+        attacks = [a for a in test["attacks"] if a["family"] != "clean"]
         row = {"method": method, "fraction": None if method == "full" else args.fraction, "train_seconds": wall,
-               "loop_seconds": loop, "n_eval": test.n_examples, "clean_acc": test.clean_acc,
-               "robust_acc": {a.name: a.robust_acc for a in test.attacks},
-               "eval_seconds": {a.name: a.seconds for a in test.attacks},
-               "union_unseen": test.group_union_acc.get("unseen"), "union_all": test.union_acc,
-               "selection_seconds": sum((m.get("selection") or {}).get("total_s", 0.0) for m in result.metrics)}
+               "loop_seconds": loop, "n_eval": test["n_examples"], "clean_acc": test["clean_acc"],
+               "robust_acc": {a["name"]: a["robust_acc"] for a in attacks},
+               "eval_seconds": {a["name"]: a["seconds"] for a in attacks},
+               "union_unseen": (test["union_acc_by_group"] or {}).get("unseen"), "union_all": test["union_acc"],
+               "selection_seconds": sum((m.get("selection") or {}).get("total_s", 0.0) for m in metrics)}
         rows.append(row)
         print(f"{method:>10}: clean {row['clean_acc']:.3f} unseen-union {row['union_unseen']:.3f} "
               + " ".join(f"{k} {v:.3f}" for k, v in row["robust_acc"].items())
@@ -88,7 +82,7 @@ def main() -> None:
         row["speedup"] = full["loop_seconds"] / row["loop_seconds"]
     attack_names = list(rows[0]["robust_acc"])
     record = {"machine": machine(), "command": command_line(), "dataset": args.dataset, "settings": vars(args),
-              "recipe": recipe_path, "overrides": common, "attacks": [a.describe() for a in attacks], "rows": rows}
+              "recipe": recipe_path, "overrides": common, "attacks": [a["description"] for a in attacks], "rows": rows}
     lines = [f"# PAT vs PAT + GradMatch: {args.dataset}", "", f"Command: `{command_line()}`", "",
              f"Recipe `{recipe_path}` with `{' '.join(common)}`; GradMatch fraction {args.fraction}. Loop = "
              "training epochs + selection passes (the paper's timing); speed-up = full loop / method loop. "
@@ -103,11 +97,11 @@ def main() -> None:
                      f"{r['loop_seconds']:.0f} | {r['speedup']:.2f}x |")
     lines += ["", "Evaluation time per attack (s, per model): " + "; ".join(
         f"{r['method']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["eval_seconds"].items()) for r in rows), "",
-        "Attacks: " + "; ".join(f"`{a.name}` {a.describe()}" for a in attacks)]
+        "Attacks: " + "; ".join(f"`{a['name']}` {a['description']}" for a in attacks)]
     if args.dataset == "cifar10":
         lines += ["", "Measured on the JPEG-compressed CIFAR-10 copy (q75): accuracies are close to, not equal "
                   "to, real CIFAR-10."]
-    write_result(f"perceptual_compare_{args.dataset}", record, "\n".join(lines) + "\n")
+    write_result(f"perceptual_compare_{args.dataset}", record, "\n".join(lines) + "\n", args.results)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ reproduces a fresh AVX2 machine's numbers exactly (Σ weights 58.295143). What i
   1.5e-4). Swapping one selected batch for another changes Σ weights by a batch's share (> 2 %).
 
 Exact index sets are pinned because this instance has no near tie: batch-wise OMP over 5
-candidate batches, identical (sizes, Σ indices, first indices) under every kernel setting above. Greedy choices that *can* tie
-within round-off are tested on robust facts elsewhere (tests/unit/test_solvers.py).
+candidate batches gave the same sizes, Σ indices and first indices under every kernel setting
+above. Greedy choices that *can* tie within round-off are tested on robust facts elsewhere
+(tests/unit/test_solvers.py).
 """
 
 from __future__ import annotations
