@@ -45,7 +45,8 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$LOG"
 
-step tests 100 $PY -m pytest -q -p no:cacheprovider -m "gpu or not slow" --device cuda \
+# -m "": every test of both files, the compiled-training check (slow on a CPU, so out of make test) included
+step tests 100 $PY -m pytest -q -p no:cacheprovider -m "" --device cuda \
     tests/integration/test_gpu.py tests/unit/test_device_paths.py
 step throughput 120 $PY bench/throughput.py --device cuda --models resnet18_cifar --batch-size 512 --steps 20 \
     --repeats 2 --precision bf16 --compile off --results "$RESULTS"

@@ -95,7 +95,7 @@ def recorded_state(result: Path) -> tuple[str | None, bool | None]:
         dirty = git.get("dirty", machine.get("dirty"))
         if commit:
             return str(commit).split()[0], dirty
-    if result.parent != RESULTS:  # e.g. tradeoff_digits/compare.md, written by the run of tradeoff_digits.json
+    if result.parent != RESULTS and RESULTS in result.parents:  # e.g. tradeoff_digits/compare.md, written by the run of tradeoff_digits.json
         return recorded_state(result.parent.with_suffix(".md"))
     text = result.read_text(errors="replace") if result.is_file() else ""
     found = re.search(r"['\"]git['\"]: ['\"]([0-9a-f]{7,40})", text) or re.search(r"\bcommit ([0-9a-f]{7,40})\b", text)
@@ -143,13 +143,32 @@ def stale_report() -> list[tuple[str, str]]:
     return rows
 
 
+STALE_NOTE = "> **Stale** (`make bench-stale`): "
+
+
+def mark_stale(rows: list[tuple[str, str]]) -> None:
+    """Put (or refresh) a one-line stale note at the top of each stale Markdown result."""
+    for rel, why in rows:
+        path = ROOT / rel
+        if path.suffix != ".md":
+            continue
+        lines = path.read_text().splitlines(keepends=True)
+        if lines and lines[0].startswith(STALE_NOTE):
+            lines = lines[2:] if len(lines) > 1 and not lines[1].strip() else lines[1:]
+        note = f"{STALE_NOTE}{why}. Rerun with the command below to refresh it.\n\n"
+        path.write_text(note + "".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="run the long benchmarks too (about an hour on a CPU)")
     parser.add_argument("--stale", action="store_true", help="list results older than the code they measure")
+    parser.add_argument("--mark", action="store_true", help="with --stale: note it at the top of each stale .md")
     args = parser.parse_args()
     if args.stale:
         rows = stale_report()
+        if args.mark:
+            mark_stale(rows)
         for rel, why in rows:
             print(f"{rel}: {why}")
         print(f"{len(rows)} of {len(result_files())} results are stale")

@@ -100,12 +100,35 @@ def test_validate_prints_resolved_recipe(cli, tiny_recipe):
     assert "name: craig" in out and "fraction:" in out
 
 
-@pytest.mark.parametrize("kind", ["models", "datasets", "objectives", "attacks", "selectors", "optimizers",
-                                  "lr_schedules", "recipes"])
+LISTED = {  # what `advtrain list KIND` must show: a registration added or lost changes this table
+    "models": ["preact_resnet18_cifar", "resnet18_cifar", "resnet50_cifar", "resnet_tiny_cifar", "small_cnn",
+               "wrn34_10_cifar"],
+    "datasets": ["arrays", "cifar10", "cifar100", "digits", "imagefolder", "svhn", "synthetic"],
+    "objectives": ["adversarial", "clean", "perceptual", "trades"],
+    "attacks": ["fast_lpa", "fgsm", "pgd", "trades_kl"],
+    "selectors": ["craig", "full", "gradmatch", "random"],
+    "optimizers": ["adam", "adamw", "sgd"],
+    "lr_schedules": ["constant", "cosine", "cyclic", "multistep"],
+    "recipes": ["cifar10_fast_at", "cifar10_l2", "cifar10_linf", "cifar10_perceptual", "cifar10_trades", "digits_linf",
+                "digits_perceptual", "imagenet12_perceptual", "svhn_l2"],
+}
+
+
+@pytest.mark.parametrize("kind", list(LISTED))
 def test_list_every_kind(cli, kind):
+    from advtrain.cli import LIST_KINDS
+    from advtrain.config.sections import SECTION_REGISTRIES
+
+    assert set(LIST_KINDS) == set(LISTED)
+    section = {"models": "model", "datasets": "data", "objectives": "objective", "attacks": "attack",
+               "selectors": "selector", "optimizers": "optim", "lr_schedules": "lr_schedule"}.get(kind)
+    registered = sorted(SECTION_REGISTRIES[section].names()) if section else \
+        sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+    assert registered == LISTED[kind]
     code, out = cli("list", kind)
     assert code == 0, out
-    assert out.strip()
+    words = set(out.replace(",", " ").split())
+    assert all(name in words for name in LISTED[kind]), sorted(set(LISTED[kind]) - words)
 
 
 def test_list_unknown_kind(cli):

@@ -55,7 +55,7 @@ def _reference(tmp_path: Path, tiny_recipe: Path) -> dict[str, torch.Tensor]:
     return _model(tmp_path / "runs/reference/last.safetensors")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM])
 def test_killed_run_resumes_to_bit_identical_weights(tmp_path, tiny_recipe, sig):
     reference = _reference(tmp_path, tiny_recipe)
     run = tmp_path / "runs/killed"
