@@ -95,7 +95,8 @@ def recorded_state(result: Path) -> tuple[str | None, bool | None]:
         dirty = git.get("dirty", machine.get("dirty"))
         if commit:
             return str(commit).split()[0], dirty
-    if result.parent != RESULTS and RESULTS in result.parents:  # e.g. tradeoff_digits/compare.md, written by the run of tradeoff_digits.json
+    # e.g. tradeoff_digits/compare.md, written by the run that wrote tradeoff_digits.json
+    if result.parent != RESULTS and RESULTS in result.parents:
         return recorded_state(result.parent.with_suffix(".md"))
     text = result.read_text(errors="replace") if result.is_file() else ""
     found = re.search(r"['\"]git['\"]: ['\"]([0-9a-f]{7,40})", text) or re.search(r"\bcommit ([0-9a-f]{7,40})\b", text)

@@ -54,12 +54,14 @@ def test_a_report_writes_markdown_and_json_from_the_same_rows(tmp_path):
     record = json.loads((tmp_path / "demo.json").read_text())
     assert record["rows"] == rows and (tmp_path / "demo.md").read_text() == text
     assert "| full | 50.0% |" in text and "| craig | – |" in text and text.startswith("# Demo\n")
-    assert set(record["git"]) == {"commit", "dirty", "dirty_files"} and record["machine"]["git"] == record["git"]["commit"]
+    assert set(record["git"]) == {"commit", "dirty", "dirty_files"}
+    assert record["machine"]["git"] == record["git"]["commit"]
     assert str(tmp_path) not in (tmp_path / "demo.json").read_text()
 
 
 def test_run_all_covers_every_script_and_claims_every_result():
-    listed = {b.script for b in run_all.BENCHES} | {m.removeprefix("bench/") for b in run_all.BENCHES for m in b.measures}
+    listed = {b.script for b in run_all.BENCHES}
+    listed |= {m.removeprefix("bench/") for b in run_all.BENCHES for m in b.measures}
     helpers = {"_common.py", "run_all.py", "gpu_wheels.sh"}  # the harness and the GPU machine's wheel fetcher
     scripts = {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")} - helpers
     assert scripts <= listed, f"not in bench/run_all.py BENCHES: {sorted(scripts - listed)}"

@@ -40,8 +40,8 @@ def test_optimizer_and_schedule_entries_are_constructors():
     model = torch.nn.Linear(2, 2)
     for entry in OPTIMIZERS.entries():
         assert isinstance(entry.build(model=model), torch.optim.Optimizer)
-    for entry in LR_SCHEDULES.entries():
-        assert 0 <= entry.build()(0.5, 10) <= 1
+    for entry in LR_SCHEDULES.entries():  # exact values: tests/unit/test_registry_contracts.py (LR_ORACLES)
+        assert callable(entry.build())
 
 
 def test_timm_registry_is_the_model_list():
