@@ -99,7 +99,7 @@ def test_a_failing_component_build_is_a_user_error_naming_it(cli, tiny_recipe, m
     assert "Traceback" in out and "third-party failure" in out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGINT])
 def test_signal_during_eval_exits_130_with_eval_wording(cli, tiny_recipe, tmp_path, sig):
     assert cli("run", tiny_recipe, *TINY)[0] == 0
     proc = _spawn(tmp_path, "eval", "runs/tiny/last.safetensors", "--attack", "pgd50", "--steps", "10000",
