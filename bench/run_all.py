@@ -65,6 +65,8 @@ BENCHES = [
                  "--name", "acs_short_cpu"),)),
     Bench("tradeoff.py", ("tradeoff_digits", "tradeoff_cifar10", "tradeoff_digits_quiet", "tradeoff_*/compare"),
           PIPELINE, full=(("--grid", "digits", "--jobs", "2"),)),
+    # About 8 minutes: a short default run alone and beside busy loops, before/after the thread policy.
+    Bench("threads.py", ("threads_*",), PIPELINE),
     # Reads a tradeoff grid's finished runs (local/tradeoff/...): run it by hand after tradeoff.py.
     Bench("tradeoff_project.py", ("tradeoff_*_projection",), ("bench/tradeoff.py",)),
     # The GPU check (bench/gpu_check.sh, one H100/H200): its summary and logs.
