@@ -72,7 +72,9 @@ BENCHES = [
     # The GPU check (bench/gpu_check.sh, one H100/H200): its summary and logs.
     Bench("gpu_check.sh", ("gpu_check_*",), (*PIPELINE, "bench/gpu_summary.py", "bench/throughput.py",
                                              "bench/peer_baseline.py", "bench/acs_short.py")),
-    Bench("campaign.py", ("campaign*",), (*PIPELINE, "bench/tradeoff.py")),
+    Bench("campaign.py", ("campaign*",), (*PIPELINE, "bench/tradeoff.py", "bench/campaign_grid.py",
+                                          "bench/campaign_report.py", "bench/campaign_stats.py",
+                                          "bench/campaign_slice.sh")),
     # A hand-run measurement, not a script: see the note in bench/README.md.
     Bench("(by hand)", ("eval_defaults_digits",), ("advtrain/commands/evaluate.py", "advtrain/attacks/presets.py")),
 ]
