@@ -24,16 +24,28 @@ from advtrain.train.progress import EpochProgress
 from advtrain.train.step_monitor import StepMonitor
 
 
-def _state(**kw) -> ckpt_io.TrainingState:
-    return ckpt_io.TrainingState(model={"w": torch.ones(3)}, optimizer=None, epoch=0, step=5, recipe_yaml="a: 1\n",
-                                 model_name="m", num_classes=2, in_chans=1, **kw)
+def _state(in_epoch: EpochProgress | None = None) -> ckpt_io.TrainingState:
+    run = ckpt_io.RunState(epoch=1 if in_epoch is None else in_epoch.epoch, step=5, in_epoch=in_epoch)
+    return ckpt_io.TrainingState(model={"w": torch.ones(3)}, optimizer=None, recipe_yaml="a: 1\n", model_name="m",
+                                 num_classes=2, in_chans=1, run=run)
+
+
+def _rewrite_meta(path, **changes) -> None:
+    """Rewrite a checkpoint's ``advtrain`` metadata in place (an older writer's form, or a crafted one)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata())
+    metadata["advtrain"] = json.dumps({**json.loads(metadata["advtrain"]), **changes})
+    save_file(tensors, str(path), metadata=metadata)
 
 
 # ------------------------------------------------------------------------------ resume state
 def test_epoch_progress_round_trips_through_a_checkpoint(tmp_path):
     selection = {"attack_s": 0.5, "features_s": 0.25, "solver_s": 0.125, "total_s": 0.875, "size": 40}
     progress = EpochProgress(epoch=3, batch=7, loss_sum=12.345678901234567, correct=40, seen=56, selection=selection)
-    ckpt_io.save(tmp_path / "last.safetensors", _state(extra=progress.to_extra()))
+    ckpt_io.save(tmp_path / "last.safetensors", _state(progress))
     ckpt = ckpt_io.load(tmp_path / "last.safetensors")  # the metadata validator accepts it
     assert EpochProgress.from_extra(ckpt.meta["extra"]) == progress
     # the on-disk form is the one earlier advtrain versions wrote and read
@@ -44,7 +56,8 @@ def test_epoch_progress_round_trips_through_a_checkpoint(tmp_path):
 def test_epoch_progress_reads_older_checkpoints(tmp_path):
     # a divergence before the first statistics read used to save only the selection
     old = {"in_epoch": {"epoch": 2, "batch": 0, "partial": {"selection": None}}}
-    ckpt_io.save(tmp_path / "old.safetensors", _state(extra=old))
+    ckpt_io.save(tmp_path / "old.safetensors", _state())
+    _rewrite_meta(tmp_path / "old.safetensors", extra=old)
     progress = EpochProgress.from_extra(ckpt_io.load(tmp_path / "old.safetensors").meta["extra"])
     assert progress == EpochProgress(epoch=2, batch=0)
     assert EpochProgress.from_extra({}) is None and EpochProgress.from_extra(None) is None
@@ -211,6 +224,6 @@ def test_a_collapse_on_a_data_parallel_rank_other_than_0_stops_without_building_
     recipe = load_recipe(str(tiny_recipe), [f"output.dir={tmp_path / 'run'}"])
     trainer = Trainer(recipe, SilentReporter())
     trainer.dist = distributed.DistContext(rank=1, world=2)
-    trainer.probe_best = None
+    assert trainer.probe_best is None  # no probe in the metrics yet
     trainer._revert_after_collapse(0, {"epoch": 0, "overfit_probe_pgd5": 0.1})
     assert trainer.stopped_early
