@@ -47,6 +47,7 @@ from advtrain.runtime.seeding import derive_seed, generator, seed_everything
 from advtrain.selection import Coreset
 from advtrain.train import overfit, stops
 from advtrain.train.budget import coreset_size_bounds
+from advtrain.train.compiled import CompiledModel, compile_message
 from advtrain.train.progress import EpochProgress
 from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
 from advtrain.train.stops import TrainingInterrupted
@@ -130,14 +131,18 @@ class Trainer:
         return max(probes, default=None)
 
     def _setup_train_model(self) -> nn.Module:
-        """The model the training step calls: DDP-wrapped when data parallel, compiled with ``train.compile``."""
+        """The model the training step calls: DDP-wrapped when data parallel, compiled per ``train.compile``."""
         train_model: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             train_model = DistributedDataParallel(self.model, device_ids=ids)
-        return torch.compile(train_model) if self.recipe.train.compile else train_model
+        message = compile_message(self.recipe.train.compile, self.device)
+        if message is None:
+            return train_model
+        self.reporter.message(message)
+        return CompiledModel(train_model, lambda text: self.reporter.message(text, style="yellow"))
 
     # ------------------------------------------------------------------ loop
     def fit(self, folder: RunFolder | None, *, resume: Path | None = None, force: bool = False) -> RunResult:
