@@ -26,6 +26,7 @@ from advtrain.data import DATASETS, DataBundle
 from advtrain.errors import RecipeError, UserError
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.models import MODELS
+from advtrain.objectives import Objective
 from advtrain.optim import LR_SCHEDULES, OPTIMIZERS, LrFn
 from advtrain.runtime.device import keeps_data_on_device, prefers_channels_last
 from advtrain.selection import SELECTORS
@@ -59,8 +60,8 @@ class RunComponents:
 
     data: DataBundle
     model: nn.Module
-    objective: Any
-    selection_objective: Any
+    objective: Objective
+    selection_objective: Objective
     selector: Selector
     optimizer: torch.optim.Optimizer
     lr_factor: LrFn
@@ -141,7 +142,7 @@ def build_model_for(recipe: Recipe, data: Any, *, weights_from_checkpoint: bool 
     return model
 
 
-def build_objective(recipe: Recipe) -> Any:
+def build_objective(recipe: Recipe) -> Objective:
     """The training objective, bound to its attack."""
     from advtrain.attacks import ATTACKS
     from advtrain.objectives import OBJECTIVES
@@ -152,7 +153,7 @@ def build_objective(recipe: Recipe) -> Any:
         return OBJECTIVES.get(objective.name).build(objective.params, attack=built)
 
 
-def build_selection_objective(recipe: Recipe, objective: Any) -> Any:
+def build_selection_objective(recipe: Recipe, objective: Objective) -> Objective:
     """The objective the selection pass attacks with: ``objective`` itself, or, with
     ``selector.attack``, the same objective bound to that (cheaper) attack."""
     from advtrain.attacks import ATTACKS

@@ -93,8 +93,8 @@ def check_range(value: Any, field: dataclasses.Field) -> str | None:
     """Return a description of the violated rule of ``field`` for ``value``, or None."""
     meta = field.metadata
     choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        return f"must be one of {', '.join(map(str, choices))}, got '{value}'"
+    if choices is not None and (value not in choices or isinstance(value, bool) != _any_bool(choices, value)):
+        return f"must be one of {choice_text(choices)}, got '{value}'"
     pattern = meta.get("pattern")
     if pattern is not None and isinstance(value, str) and not re.fullmatch(pattern, value):
         return f"'{value}' is not allowed here ({meta.get('help') or 'see advtrain list'}; must match {pattern})"
@@ -121,6 +121,16 @@ def check_range(value: Any, field: dataclasses.Field) -> str | None:
     return None
 
 
+def choice_text(choices: Sequence[Any]) -> str:
+    """Choices as a recipe writes them (``true``, not ``True``)."""
+    return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+
+
+def _any_bool(choices: Sequence[Any], value: Any) -> bool:
+    """Whether ``value`` matches a boolean choice as a boolean (so 1 never passes for true)."""
+    return any(isinstance(c, bool) and c == value for c in choices)
+
+
 def describe_fields(params: type | None) -> list[tuple[str, str, str]]:
     """(name, default, help with rules) for each field of a params dataclass, for ``list``."""
     if params is None:
@@ -136,7 +146,7 @@ def describe_fields(params: type | None) -> list[tuple[str, str, str]]:
         rules = [f"{sym} {f.metadata[k]}" for k, sym in
                  (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if f.metadata.get(k) is not None]
         if f.metadata.get("choices"):
-            rules.append("one of " + "|".join(map(str, f.metadata["choices"])))
+            rules.append("one of " + choice_text(f.metadata["choices"]).replace(", ", "|"))
         if f.metadata.get("pattern"):
             rules.append(f"matches {f.metadata['pattern']}")
         text = f.metadata.get("help", "")

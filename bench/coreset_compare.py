@@ -96,8 +96,9 @@ def main() -> None:
         attacks = [resolve_eval_attack("pgd50", **eval_overrides)]
         test = evaluate(trainer.model, trainer.data.test, attacks, n_examples=args.n_eval, batch_size=256,
                         device=trainer.device, num_classes=trainer.data.num_classes)
-        sel = [m["selection"] for m in result.metrics if m.get("selection")]
-        loop = sum(m.get("train_time", 0.0) + (m.get("selection") or {}).get("total_s", 0.0) for m in result.metrics)
+        metrics = [m.to_json() for m in result.metrics]  # the metrics.jsonl lines
+        sel = [m["selection"] for m in metrics if m.get("selection")]
+        loop = sum(m.get("train_time", 0.0) + (m.get("selection") or {}).get("total_s", 0.0) for m in metrics)
         row = {
             "method": name, "fraction": fraction, "selector_overrides": keys, "matching_errors": list(errors),
             "train_seconds": wall, "loop_seconds": loop,
@@ -107,7 +108,7 @@ def main() -> None:
             "attack_seconds": sum(s["attack_s"] for s in sel),
             "features_seconds": sum(s["features_s"] for s in sel),
             "solver_seconds": sum(s["solver_s"] for s in sel),
-            "mean_full_epoch_seconds": _mean([m["train_time"] for m in result.metrics if m["phase"] == "full"]),
+            "mean_full_epoch_seconds": _mean([m["train_time"] for m in metrics if m["phase"] == "full"]),
         }
         rows.append(row)
         print(f"{tag:>14}: clean {row['clean_acc']:.3f} pgd50 {row['pgd50_acc']:.3f} "

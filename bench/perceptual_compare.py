@@ -69,7 +69,8 @@ def main() -> None:
         with RunFolder.claim(out, resuming=False, overwrite=False) as folder:
             result = trainer.fit(folder)
         wall = time.perf_counter() - start
-        loop = sum(m.get("train_time", 0.0) + (m.get("selection") or {}).get("total_s", 0.0) for m in result.metrics)
+        metrics = [m.to_json() for m in result.metrics]  # the metrics.jsonl lines
+        loop = sum(m.get("train_time", 0.0) + (m.get("selection") or {}).get("total_s", 0.0) for m in metrics)
         attacks = resolve_eval_attacks(names)
         test = evaluate(trainer.model, trainer.data.test, attacks, n_examples=args.n_eval, batch_size=256,
                         device=trainer.device, num_classes=trainer.data.num_classes)
@@ -78,7 +79,7 @@ def main() -> None:
                "robust_acc": {a.name: a.robust_acc for a in test.attacks},
                "eval_seconds": {a.name: a.seconds for a in test.attacks},
                "union_unseen": test.group_union_acc.get("unseen"), "union_all": test.union_acc,
-               "selection_seconds": sum((m.get("selection") or {}).get("total_s", 0.0) for m in result.metrics)}
+               "selection_seconds": sum((m.get("selection") or {}).get("total_s", 0.0) for m in metrics)}
         rows.append(row)
         print(f"{method:>10}: clean {row['clean_acc']:.3f} unseen-union {row['union_unseen']:.3f} "
               + " ".join(f"{k} {v:.3f}" for k, v in row["robust_acc"].items())

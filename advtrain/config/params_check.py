@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from advtrain.errors import did_you_mean
-from advtrain.params import FractionError, check_json_type, check_range, parse_number
+from advtrain.params import FractionError, check_json_type, check_range, choice_text, parse_number
 
 
 def _field_types(params: type) -> dict[str, Any]:
@@ -68,7 +68,8 @@ def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str
                 cfg[key] = _literal(value)
                 current = cfg[key]  # an escaped ${...} in a number field fails only when read back
         except OmegaConfBaseException as err:
-            expected = _type_name(hints[key])
+            choices = fields[key].metadata.get("choices")
+            expected = f"one of {choice_text(choices)}" if choices else _type_name(hints[key])
             problems.append(f"{path}.{key}: expected {expected}, got {value!r} "
                             f"({str(err).splitlines()[0]})")
             continue

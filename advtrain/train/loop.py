@@ -32,6 +32,7 @@ from advtrain.io import checkpoint as ckpt_io
 from advtrain.io.checkpoint import RESUMABLE_KEYS, recipe_differences
 from advtrain.io.run_files import RunFiles
 from advtrain.io.run_folder import RunFolder, new_run_id
+from advtrain.io.run_records import MetricsLine
 from advtrain.io.run_state import RunState
 from advtrain.objectives import weighted_mean
 from advtrain.runtime import distributed
@@ -68,8 +69,9 @@ class RunResult:
     test: EvalResult | None
     best_metric: float | None
     best_epoch: int | None
-    metrics: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[MetricsLine] = field(default_factory=list)
     finished_before: bool = False  # --resume of a run that had already finished: nothing was redone
+    compile: dict[str, Any] | None = None  # train.compile: {setting, compiled, warmup_s, fallback}
 
 
 def epoch_phase(schedule: Any, epoch: int, selector_name: str) -> str:
@@ -112,7 +114,7 @@ class Trainer:
         self.files = RunFiles(Path(recipe.output.dir), writes=self.dist.is_main)  # rank 0 alone writes
         self.stop = StopRequest(self.reporter.message)
         self.state = RunState()
-        self.metrics: list[dict[str, Any]] = []
+        self.metrics: list[MetricsLine] = []
         self.stopped_early = False
         self.phase = "setup"  # setup | training | testing | reporting (for the interruption message)
 
@@ -127,7 +129,7 @@ class Trainer:
     @property
     def probe_best(self) -> float | None:
         """The best overfitting-guard probe so far (from the metrics lines: a resumed run keeps it)."""
-        probes = [m["overfit_probe_pgd5"] for m in self.metrics if m.get("overfit_probe_pgd5") is not None]
+        probes = [m.overfit_probe_pgd5 for m in self.metrics if m.overfit_probe_pgd5 is not None]
         return max(probes, default=None)
 
     def _setup_train_model(self) -> nn.Module:
@@ -162,9 +164,9 @@ class Trainer:
                 self.state.epoch, epoch_start = epoch, time.perf_counter()
                 phase = epoch_phase(schedule, epoch, self.recipe.components["selector"].name)
                 progress = self._resumed_epoch() or self._maybe_select(epoch, phase)
-                record = {"epoch": epoch, "phase": phase, **self._train(epoch, phase, progress)}
+                record = self._train(epoch, phase, progress)
                 collapsed = self._evaluate(epoch, phase, record)
-                record["epoch_time"] = time.perf_counter() - epoch_start
+                record.epoch_time = time.perf_counter() - epoch_start
                 if not self._save(epoch, record, collapsed):
                     break
         return self._finish(start, first_epoch)
@@ -211,40 +213,43 @@ class Trainer:
         due = phase == "coreset" and selection_due(self.recipe.schedule, epoch, self.state.coreset)
         return EpochProgress(epoch, selection=self.select(epoch) if due else None)
 
-    def _train(self, epoch: int, phase: str, progress: EpochProgress) -> dict[str, Any]:
-        """Train the epoch (a ``skip`` epoch only advances the step count); its metrics entries."""
+    def _train(self, epoch: int, phase: str, progress: EpochProgress) -> MetricsLine:
+        """Train the epoch (a ``skip`` epoch only advances the step count); its metrics line so far."""
+        record = MetricsLine(epoch, phase, selection=progress.selection)
         if phase == "skip":
-            record: dict[str, Any] = {"train_loss": float("nan"), "train_acc": float("nan"), "samples": 0}
             self.state.step += self._batches_per_epoch(len(self.data.train))
         else:
+            warm = getattr(self.train_model, "warmup_s", 0.0)  # None until a compiled model's first call
             train_start = time.perf_counter()
-            record = self.train_epoch(epoch, phase, progress)
-            record["train_time"] = time.perf_counter() - train_start
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
-        record["coreset_size"] = None if phase != "coreset" else len(self.state.coreset)
-        record["selection"] = progress.selection
+            stats = self.train_epoch(epoch, phase, progress)
+            record.train_time = time.perf_counter() - train_start
+            record.train_loss, record.train_acc, record.samples = stats["train_loss"], stats["train_acc"], stats["samples"]
+            if warm is None:
+                record.compile_warmup_s = self.train_model.warmup_s
+        record.lr = self.optimizer.param_groups[0]["lr"]
+        record.coreset_size = None if phase != "coreset" else len(self.state.coreset)
         return record
 
-    def _evaluate(self, epoch: int, phase: str, record: dict[str, Any]) -> bool:
+    def _evaluate(self, epoch: int, phase: str, record: MetricsLine) -> bool:
         """Validate when due (tracking the best model), then the overfitting guard; True: training collapsed."""
         if self._eval_due(epoch) and self.dist.is_main:
             eval_start = time.perf_counter()
             val = self.validate().summary()
-            record["eval_time"] = time.perf_counter() - eval_start
-            record["val"] = val
+            record.eval_time = time.perf_counter() - eval_start
+            record.val = val
             self._track_best(val, epoch)
         return self._overfit_guard(phase, record)
 
-    def _save(self, epoch: int, record: dict[str, Any], collapsed: bool) -> bool:
+    def _save(self, epoch: int, record: MetricsLine, collapsed: bool) -> bool:
         """Log the epoch and save its checkpoints; False: the overfitting guard stopped the run."""
         self.metrics.append(record)
-        self.files.append_metrics(record)
+        self.files.append_metrics(record.to_json())
         if collapsed:
             self._revert_after_collapse(epoch, record)
             return False
         self.state.epoch = epoch + 1  # this epoch is done: a resume starts the next one
         self._save_checkpoints(epoch)
-        self.reporter.epoch_end(epoch, record)
+        self.reporter.epoch_end(epoch, record.to_json())
         if distributed.any_rank(self.dist, self.stop.requested, self.device):  # a signal outside a training step
             raise TrainingInterrupted(stops.interrupt_message(self.stop.name, self.files.last, epoch=epoch))
         return True
@@ -256,10 +261,10 @@ class Trainer:
         if self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and self.dist.is_main:
             test = self.evaluate_split(self.data.test)
         self.phase = "reporting"
-        last_val = next((m["val"] for m in reversed(self.metrics) if m.get("val")), {})
-        epochs_run = sum(1 for m in self.metrics if m["epoch"] >= first_epoch)
+        last_val = next((m.val for m in reversed(self.metrics) if m.val), {})
+        epochs_run = sum(1 for m in self.metrics if m.epoch >= first_epoch)
         return RunResult(self.out_dir, epochs_run, time.perf_counter() - start, last_val, test,
-                         self.state.best_metric, self.state.best_epoch, self.metrics)
+                         self.state.best_metric, self.state.best_epoch, self.metrics, compile=self._compile_info())
 
     # ----------------------------------------------------------------- epoch
     def train_epoch(self, epoch: int, phase: str, progress: EpochProgress | None = None) -> dict[str, Any]:
@@ -389,7 +394,7 @@ class Trainer:
         distributed.barrier(self.dist)
         return path
 
-    def _overfit_guard(self, phase: str, record: dict[str, Any]) -> bool:
+    def _overfit_guard(self, phase: str, record: MetricsLine) -> bool:
         """The catastrophic-overfitting probe after a trained epoch; rank 0 decides for every rank."""
         collapsed = False
         if self.recipe.train.overfit_guard and phase != "skip" and self.dist.is_main:
@@ -398,19 +403,27 @@ class Trainer:
                                           batch_size=self.data.batch_size, num_classes=self.data.num_classes,
                                           device=self.device, best=self.probe_best,
                                           drop=self.recipe.train.overfit_drop)
-            record["overfit_probe_pgd5"] = probe.accuracy
+            record.overfit_probe_pgd5 = probe.accuracy
             collapsed = probe.collapsed
         return distributed.rank0_flag(self.dist, collapsed, self.device)
 
-    def _revert_after_collapse(self, epoch: int, record: dict[str, Any]) -> None:
+    def _revert_after_collapse(self, epoch: int, record: MetricsLine) -> None:
         """Stop after a collapse with the previous epoch's model (``last.safetensors``) back in place."""
-        self.reporter.epoch_end(epoch, record)
+        self.reporter.epoch_end(epoch, record.to_json())
         if self.dist.is_main:
-            self.reporter.message(overfit.collapse_message(epoch, self.probe_best, record["overfit_probe_pgd5"],
+            self.reporter.message(overfit.collapse_message(epoch, self.probe_best, record.overfit_probe_pgd5,
                                                            self.files.last), style="red")
         self.stopped_early = True
         if self.files.last.exists():
             ckpt_io.load_model_weights(ckpt_io.load(self.files.last), self.model)
+
+    def _compile_info(self) -> dict[str, Any] | None:
+        """What ``train.compile`` did (None: the model trained eagerly, as asked or as auto decided)."""
+        if not isinstance(self.train_model, CompiledModel):
+            return None
+        model = self.train_model
+        return {"setting": self.recipe.train.compile, "compiled": model.fallback is None,
+                "warmup_s": model.warmup_s, "fallback": model.fallback}
 
     # ------------------------------------------------------------ selection
     def select(self, epoch: int) -> dict[str, float]:
@@ -490,7 +503,8 @@ class Trainer:
                                     recipe=self.recipe.resolved, n_train=len(self.data.train), coreset_sizes=sizes,
                                     force=force)
         self.state.run_id = run_id
-        self.metrics = self.files.metrics_before(self.state.epoch)  # the lines of epochs to redo are dropped
+        # the lines of epochs to redo are dropped
+        self.metrics = [MetricsLine.from_json(m) for m in self.files.metrics_before(self.state.epoch)]
 
     def close(self) -> None:
         """Leave the process group (data-parallel runs)."""
