@@ -494,7 +494,7 @@ def check_optimizer_settings(ckpt: Checkpoint, optimizer: torch.optim.Optimizer,
     damaged, differ = [], []
     if len(stored) != len(fresh):
         damaged.append(f"param_groups: the checkpoint has {len(stored)} group(s), optimizer '{name}' has {len(fresh)}")
-    for i, (theirs, ours) in enumerate(zip(stored, fresh)):
+    for i, (theirs, ours) in enumerate(zip(stored, fresh, strict=False)):  # a count mismatch is reported above
         if theirs.get("params") != ours["params"]:
             damaged.append(f"param_groups[{i}].params: the checkpoint lists parameters {theirs.get('params')!r:.60}, "
                            f"the model's optimizer {ours['params']!r:.60}")

@@ -5,8 +5,8 @@ counters, the run id, the best model so far, the coreset in use, an interrupted 
 loop keeps it in one place and :mod:`advtrain.io.checkpoint` writes and reads it as one value.
 
 :class:`EpochProgress` is where an epoch stands: batches done, their running sums, and the
-epoch's selection timings. A mid-epoch checkpoint (a signal, a divergence) stores it in its metadata as ``extra.in_epoch``
-(``{epoch, batch, partial: {loss_sum, correct, seen, selection}}``, the form
+epoch's selection timings. A mid-epoch checkpoint (a signal, a divergence) stores it in its
+metadata as ``extra.in_epoch`` (``{epoch, batch, partial: {loss_sum, correct, seen, selection}}``, the form
 :func:`advtrain.io.checkpoint.load` checks). A resume continues the epoch right after ``batch``
 with these sums, so the epoch's metrics line is the one an uninterrupted run writes.
 """

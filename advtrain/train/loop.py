@@ -223,7 +223,8 @@ class Trainer:
             train_start = time.perf_counter()
             stats = self.train_epoch(epoch, phase, progress)
             record.train_time = time.perf_counter() - train_start
-            record.train_loss, record.train_acc, record.samples = stats["train_loss"], stats["train_acc"], stats["samples"]
+            record.train_loss, record.train_acc = stats["train_loss"], stats["train_acc"]
+            record.samples = stats["samples"]
             if warm is None:
                 record.compile_warmup_s = self.train_model.warmup_s
         record.lr = self.optimizer.param_groups[0]["lr"]

@@ -298,7 +298,8 @@ CHECKPOINT_CASES = {
                                    "shape (2147483648, 2) in the checkpoint but model 'small_cnn' expects float32 of "
                                    "shape (4, 128)"),
     "sparse_16_gib_unknown_tensor": (_huge_tensor("payload.blob", "U8", (2**34,)),
-                                     "tensor 'payload.blob' (uint8 of shape (17179869184,)) is not one advtrain writes"),
+                                     "tensor 'payload.blob' (uint8 of shape (17179869184,)) is not one advtrain "
+                                     "writes"),
     "sparse_16_gib_coreset": (_huge_tensor("coreset.indices", "I64", (2**31,)),
                               "tensor 'coreset.indices' is int64 of shape (2147483648,); expected int64"),
     "rng_torch_float": (_edit_tensor("rng.torch", lambda t: t.float()),

@@ -403,7 +403,8 @@ class _Failing(nn.Module):
         raise RuntimeError("inductor: lowering failed")
 
 
-@pytest.mark.parametrize("value, ok", [("auto", True), ("true", True), ("false", True), ("maybe", False), ("2", False), ("[1]", False)])
+@pytest.mark.parametrize("value, ok", [("auto", True), ("true", True), ("false", True), ("maybe", False),
+                                       ("2", False), ("[1]", False)])
 def test_train_compile_accepts_true_false_auto(tiny_recipe, value, ok):
     from advtrain.config.load import load_recipe
     from advtrain.errors import RecipeError
