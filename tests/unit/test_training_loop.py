@@ -443,3 +443,22 @@ def test_the_run_report_is_made_from_values(tiny_recipe):
     report = run_report(recipe, result, model_name="small_cnn", eval_attacks=[])
     assert (report.model, report.epochs_run, report.train_seconds, report.best_epoch) == ("small_cnn", 2, 10.0, 1)
     assert report.compile["warmup_s"] == 1.5 and report.to_json()["recipe"] == recipe.resolved
+
+
+def test_load_reads_only_the_bookkeeping_tensors_and_a_wrong_model_tensor_is_never_read(tmp_path, monkeypatch):
+    """Model and optimizer tensors are read only once their headers fit the model: nothing is allocated before."""
+    model = nn.Linear(3, 2)
+    state = ckpt_io.TrainingState(model=model.state_dict(), optimizer=None, recipe_yaml="a: 1\n", model_name="m",
+                                  num_classes=2, in_chans=1)
+    ckpt_io.save(tmp_path / "c.safetensors", state)
+    read = []
+    real = ckpt_io.Checkpoint.section
+    monkeypatch.setattr(ckpt_io.Checkpoint, "section", lambda self, prefix: read.append(prefix) or real(self, prefix))
+    ckpt = ckpt_io.load(tmp_path / "c.safetensors")
+    assert read == ["rng", "coreset"] and ckpt.headers["model.weight"] == (torch.float32, (2, 3))
+    wide = nn.Linear(4, 2)
+    wide.model_name, wide.num_classes = "m", 2
+    with pytest.raises(ckpt_io.CheckpointError, match=r"tensor 'model.weight' is float32 of shape \(2, 3\) in the "
+                                                      r"checkpoint but model 'm' expects float32 of shape \(2, 4\)"):
+        ckpt_io.load_model_weights(ckpt, wide)
+    assert read == ["rng", "coreset"]  # refused from the header
