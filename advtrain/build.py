@@ -65,6 +65,8 @@ class RunComponents:
     selector: Selector
     optimizer: torch.optim.Optimizer
     lr_factor: LrFn
+    #: Each parameter group's peak learning rate; a step's lr is ``base · lr_factor(epoch, epochs)``.
+    base_lrs: list[float]
     eval_attacks: list[Any]
 
 
@@ -96,10 +98,11 @@ def build_run(recipe: Recipe, device: torch.device, *, weights: Any = None,
     if prefers_channels_last(device, recipe.train.channels_last):
         model = model.to(memory_format=torch.channels_last)
     objective = build_objective(recipe)
+    optimizer = build_optimizer(recipe, model)
     return RunComponents(
         data=data, model=model, objective=objective,
         selection_objective=build_selection_objective(recipe, objective), selector=build_selector(recipe),
-        optimizer=build_optimizer(recipe, model), lr_factor=build_lr_schedule(recipe),
+        optimizer=optimizer, lr_factor=build_lr_schedule(recipe), base_lrs=[g["lr"] for g in optimizer.param_groups],
         eval_attacks=build_eval_attacks(recipe.eval.attacks, eps=recipe.eval.eps, alpha=recipe.eval.alpha))
 
 

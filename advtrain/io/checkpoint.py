@@ -49,7 +49,7 @@ TMP_SUFFIX = ".tmp"
 #: Temporary files of :func:`write_atomically` (``.<name>.<random>.tmp``): a killed write leaves one.
 TMP_GLOB = f".*{TMP_SUFFIX}"
 #: Recipe keys that may change between a checkpoint and a resumed run.
-RESUMABLE_KEYS = ("name", "device", "output", "eval")
+RESUMABLE_KEYS = ("name", "device", "output", "eval", "runtime", "log")
 #: The most entries a stored coreset may declare (read before the data is known: 800 MB of int64).
 MAX_CORESET = 10**8
 #: safetensors dtype names → torch dtypes (what a header may declare; anything else is refused).

@@ -35,6 +35,7 @@ from advtrain.io.run_folder import RunFolder, new_run_id
 from advtrain.io.run_records import MetricsLine
 from advtrain.io.run_state import RunState
 from advtrain.objectives import weighted_mean
+from advtrain.reports.loggers import Loggers
 from advtrain.runtime import distributed
 from advtrain.runtime.device import (
     CUDA_OUT_OF_MEMORY,
@@ -98,17 +99,17 @@ class Trainer:
     and the phase the run is in.
     """
 
-    def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None) -> None:
+    def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None,
+                 resuming: bool = False) -> None:
         self.recipe = recipe
         self.reporter = reporter
         self.dist = distributed.context_from_env()
         self.device = distributed.init(self.dist, pick_device(device or recipe.device))
         self.amp_dtype = resolve_precision(recipe.precision, self.device)
         seed_everything(recipe.seed)
-        self.parts = build.build_run(recipe, self.device)
+        self.parts = build.build_run(recipe, self.device, initial_weights=not resuming)  # resume: the checkpoint's
         enable_cuda_autotuning(self.device)
         self.train_model = self._setup_train_model()
-        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         # Only fp16 needs loss scaling; a disabled scaler passes every call through, so the step never branches.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.files = RunFiles(Path(recipe.output.dir), writes=self.dist.is_main)  # rank 0 alone writes
@@ -117,6 +118,7 @@ class Trainer:
         self.metrics: list[MetricsLine] = []
         self.stopped_early = False
         self.phase = "setup"  # setup | training | testing | reporting (for the interruption message)
+        self.loggers = Loggers([])  # the log section's, once the run folder is set up
 
     # The components the loop reads most, by name.
     model = property(lambda self: self.parts.model)
@@ -189,6 +191,8 @@ class Trainer:
         if folder is not None:
             folder.record_run_id(self.state.run_id)
             self.files.write_recipe(self.recipe.to_yaml())
+        self.loggers = Loggers.build(self.recipe.log, self.out_dir, first_epoch=self.state.epoch,
+                                     writes=self.dist.is_main)
         return True
 
     @contextmanager
@@ -245,6 +249,8 @@ class Trainer:
         """Log the epoch and save its checkpoints; False: the overfitting guard stopped the run."""
         self.metrics.append(record)
         self.files.append_metrics(record.to_json())
+        # metrics.csv / TensorBoard when the log section asks
+        self.loggers.log_epoch(record.to_json(), [m.to_json() for m in self.metrics])
         if collapsed:
             self._revert_after_collapse(epoch, record)
             return False
@@ -342,7 +348,7 @@ class Trainer:
                     weights_dev: Tensor | None, monitor: StepMonitor) -> None:
         """Attack, weighted loss, backward, optimizer step; its figures go to ``monitor`` (no host sync)."""
         factor = self.parts.lr_factor(epoch + b / batches, self.recipe.schedule.epochs)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+        for group, base in zip(self.optimizer.param_groups, self.parts.base_lrs, strict=True):
             group["lr"] = base * factor
         try:
             with autocast(self.device, self.amp_dtype):
@@ -508,5 +514,6 @@ class Trainer:
         self.metrics = [MetricsLine.from_json(m) for m in self.files.metrics_before(self.state.epoch)]
 
     def close(self) -> None:
-        """Leave the process group (data-parallel runs)."""
+        """Close the loggers and leave the process group (data-parallel runs)."""
+        self.loggers.close()
         distributed.shutdown(self.dist)
