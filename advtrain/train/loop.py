@@ -75,9 +75,9 @@ class RunResult:
     compile: dict[str, Any] | None = None  # train.compile: {setting, compiled, warmup_s, fallback}
 
 
-def epoch_phase(schedule: Any, epoch: int, selector_name: str) -> str:
-    """``full`` (warm start or selector=full), ``skip`` (reference variant) or ``coreset``."""
-    if selector_name == "full" or epoch < schedule.warm_start_epochs:
+def epoch_phase(schedule: Any, epoch: int, selects: bool) -> str:
+    """``full`` (warm start, or a selector that keeps everything), ``skip`` (reference variant) or ``coreset``."""
+    if not selects or epoch < schedule.warm_start_epochs:
         return "full"
     if epoch < schedule.warm_start_epochs + schedule.skip_epochs:
         return "skip"
@@ -164,7 +164,7 @@ class Trainer:
         with self._epoch_loop(first_epoch):
             for epoch in range(first_epoch, schedule.epochs):
                 self.state.epoch, epoch_start = epoch, time.perf_counter()
-                phase = epoch_phase(schedule, epoch, self.recipe.components["selector"].name)
+                phase = epoch_phase(schedule, epoch, self.parts.selector.selects)
                 progress = self._resumed_epoch() or self._maybe_select(epoch, phase)
                 record = self._train(epoch, phase, progress)
                 collapsed = self._evaluate(epoch, phase, record)
