@@ -45,18 +45,21 @@ def load(checkpoint: str | Path, *, device: str | torch.device = "cpu") -> nn.Mo
     from advtrain.models import build_model, model_kwargs_problems
 
     ckpt = ckpt_io.load(checkpoint)
-    meta, tensors = ckpt.meta, ckpt.tensors
+    meta = ckpt.meta
     kwargs = _model_kwargs(ckpt.recipe_yaml, ckpt.path)
     problems = model_kwargs_problems(kwargs)
     if problems:
         raise CheckpointError(f"checkpoint '{ckpt.path}': its stored recipe's model.kwargs are refused: "
                               + "; ".join(problems))
     in_chans = int(meta["in_chans"])
-    mean, std = tensors.get("model.normalize.mean"), tensors.get("model.normalize.std")
-    if mean is None or std is None or mean.numel() != in_chans or std.numel() != in_chans:
+    # The normalisation tensors' headers are checked before they are read (model tensors are read on demand).
+    sizes = [ckpt.headers.get(f"model.normalize.{k}", (None, ()))[1] for k in ("mean", "std")]
+    if any(len(shape) < 1 or int(torch.tensor(shape).prod()) != in_chans for shape in sizes):
         raise CheckpointError(f"checkpoint '{ckpt.path}' has no normalisation for its {in_chans} channel(s) "
                               "(tensors 'model.normalize.mean' and 'model.normalize.std'); it was not written "
                               "by advtrain run.")
+    norm = ckpt.section("model.normalize")
+    mean, std = norm["mean"], norm["std"]
     model = build_model(str(meta["model_name"]), num_classes=int(meta["num_classes"]), in_chans=in_chans,
                         mean=tuple(mean.flatten().tolist()), std=tuple(std.flatten().tolist()), pretrained=False,
                         **kwargs)

@@ -26,6 +26,7 @@ from advtrain.data import DATASETS, DataBundle
 from advtrain.errors import RecipeError, UserError
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.models import MODELS
+from advtrain.objectives import Objective
 from advtrain.optim import LR_SCHEDULES, OPTIMIZERS, LrFn
 from advtrain.runtime.device import keeps_data_on_device, prefers_channels_last
 from advtrain.selection import SELECTORS
@@ -59,11 +60,13 @@ class RunComponents:
 
     data: DataBundle
     model: nn.Module
-    objective: Any
-    selection_objective: Any
+    objective: Objective
+    selection_objective: Objective
     selector: Selector
     optimizer: torch.optim.Optimizer
     lr_factor: LrFn
+    #: Each parameter group's peak learning rate; a step's lr is ``base · lr_factor(epoch, epochs)``.
+    base_lrs: list[float]
     eval_attacks: list[Any]
 
 
@@ -95,10 +98,11 @@ def build_run(recipe: Recipe, device: torch.device, *, weights: Any = None,
     if prefers_channels_last(device, recipe.train.channels_last):
         model = model.to(memory_format=torch.channels_last)
     objective = build_objective(recipe)
+    optimizer = build_optimizer(recipe, model)
     return RunComponents(
         data=data, model=model, objective=objective,
         selection_objective=build_selection_objective(recipe, objective), selector=build_selector(recipe),
-        optimizer=build_optimizer(recipe, model), lr_factor=build_lr_schedule(recipe),
+        optimizer=optimizer, lr_factor=build_lr_schedule(recipe), base_lrs=[g["lr"] for g in optimizer.param_groups],
         eval_attacks=build_eval_attacks(recipe.eval.attacks, eps=recipe.eval.eps, alpha=recipe.eval.alpha))
 
 
@@ -141,7 +145,7 @@ def build_model_for(recipe: Recipe, data: Any, *, weights_from_checkpoint: bool 
     return model
 
 
-def build_objective(recipe: Recipe) -> Any:
+def build_objective(recipe: Recipe) -> Objective:
     """The training objective, bound to its attack."""
     from advtrain.attacks import ATTACKS
     from advtrain.objectives import OBJECTIVES
@@ -152,7 +156,7 @@ def build_objective(recipe: Recipe) -> Any:
         return OBJECTIVES.get(objective.name).build(objective.params, attack=built)
 
 
-def build_selection_objective(recipe: Recipe, objective: Any) -> Any:
+def build_selection_objective(recipe: Recipe, objective: Objective) -> Objective:
     """The objective the selection pass attacks with: ``objective`` itself, or, with
     ``selector.attack``, the same objective bound to that (cheaper) attack."""
     from advtrain.attacks import ATTACKS

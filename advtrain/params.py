@@ -93,8 +93,8 @@ def check_range(value: Any, field: dataclasses.Field) -> str | None:
     """Return a description of the violated rule of ``field`` for ``value``, or None."""
     meta = field.metadata
     choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        return f"must be one of {', '.join(map(str, choices))}, got '{value}'"
+    if choices is not None and (value not in choices or isinstance(value, bool) != _any_bool(choices, value)):
+        return f"must be one of {choice_text(choices)}, got '{value}'"
     pattern = meta.get("pattern")
     if pattern is not None and isinstance(value, str) and not re.fullmatch(pattern, value):
         return f"'{value}' is not allowed here ({meta.get('help') or 'see advtrain list'}; must match {pattern})"
@@ -121,6 +121,16 @@ def check_range(value: Any, field: dataclasses.Field) -> str | None:
     return None
 
 
+def choice_text(choices: Sequence[Any]) -> str:
+    """Choices as a recipe writes them (``true``, not ``True``)."""
+    return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+
+
+def _any_bool(choices: Sequence[Any], value: Any) -> bool:
+    """Whether ``value`` matches a boolean choice as a boolean (so 1 never passes for true)."""
+    return any(isinstance(c, bool) and c == value for c in choices)
+
+
 def describe_fields(params: type | None) -> list[tuple[str, str, str]]:
     """(name, default, help with rules) for each field of a params dataclass, for ``list``."""
     if params is None:
@@ -136,7 +146,7 @@ def describe_fields(params: type | None) -> list[tuple[str, str, str]]:
         rules = [f"{sym} {f.metadata[k]}" for k, sym in
                  (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if f.metadata.get(k) is not None]
         if f.metadata.get("choices"):
-            rules.append("one of " + "|".join(map(str, f.metadata["choices"])))
+            rules.append("one of " + choice_text(f.metadata["choices"]).replace(", ", "|"))
         if f.metadata.get("pattern"):
             rules.append(f"matches {f.metadata['pattern']}")
         text = f.metadata.get("help", "")
@@ -144,3 +154,64 @@ def describe_fields(params: type | None) -> list[tuple[str, str, str]]:
             text = f"{text} [{', '.join(rules)}]".strip()
         rows.append((f.name, default, text))
     return rows
+
+
+def check_json_type(value: Any, hint: Any) -> str | None:
+    """What is wrong with the type of a JSON ``value`` for annotation ``hint`` (None: it fits).
+
+    For data that arrives typed (a checkpoint's JSON metadata) rather than written by hand: no
+    coercion at all, so ``"1"`` is not an integer and ``"no"`` is not a flag. Integers widen to
+    floats; booleans are never numbers; floats must be finite.
+    """
+    import typing
+
+    if hint is Any or hint is object:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if any(check_json_type(value, arm) is None for arm in args):
+            return None
+        return f"expected {' or '.join(_json_type_name(a) for a in args)}, got {_shown(value)}"
+    if hint is type(None):
+        return None if value is None else f"expected null, got {_shown(value)}"
+    if origin is list or hint is list:
+        if not isinstance(value, list):
+            return f"expected a list, got {_shown(value)}"
+        for i, item in enumerate(value):
+            bad = check_json_type(item, args[0]) if args else None
+            if bad:
+                return f"item {i}: {bad}"
+        return None
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return f"expected a mapping, got {_shown(value)}"
+        for key, item in value.items():
+            bad = None if isinstance(key, str) else f"key {key!r} is not a string"
+            bad = bad or (check_json_type(item, args[1]) if args else None)
+            if bad:
+                return f"'{key}': {bad}"
+        return None
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected true/false, got {_shown(value)}"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else \
+            f"expected an integer, got {_shown(value)}"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {_shown(value)}"
+        return None if math.isfinite(value) else f"expected a finite number, got {value}"
+    if hint is str:
+        return None if isinstance(value, str) else f"expected a string, got {_shown(value)}"
+    if dataclasses.is_dataclass(hint):
+        return None if isinstance(value, dict) else f"expected a mapping, got {_shown(value)}"
+    return f"cannot check a value of type {hint!r}"
+
+
+def _json_type_name(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}
+    return names.get(hint, "a list" if hint is list or getattr(hint, "__origin__", None) is list else "a mapping")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"

@@ -40,7 +40,7 @@ def run_training(recipe_path: str, overrides: list[str], *, resume: bool, resume
 
 def _train(resolved: Recipe, state: dict[str, Any], folder: RunFolder | None, main_process: bool, *, resume: bool,
            resume_from: Path | None, force: bool, device: str | None, threads: ThreadChoice) -> None:
-    from advtrain.reports.run import write_run_report
+    from advtrain.reports.run import run_report, write_run_report
     from advtrain.train.loop import Trainer
     from advtrain.ui import console
 
@@ -62,7 +62,9 @@ def _train(resolved: Recipe, state: dict[str, Any], folder: RunFolder | None, ma
         if main_process and result.finished_before:
             console.info(f"{result.out_dir} already holds the finished run and its report; nothing was changed.")
         elif main_process:
-            print_run_summary(resolved, write_run_report(trainer, result), result)
+            report = run_report(resolved, result, model_name=trainer.model.model_name,
+                                eval_attacks=trainer.eval_attacks)
+            print_run_summary(resolved, write_run_report(trainer.files, report, result.metrics), result)
     finally:
         trainer.close()
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from advtrain.errors import did_you_mean
-from advtrain.params import FractionError, check_range, parse_number
+from advtrain.params import FractionError, check_json_type, check_range, choice_text, parse_number
 
 
 def _field_types(params: type) -> dict[str, Any]:
@@ -39,8 +39,15 @@ def _prepare_value(value: Any, hint: Any) -> Any:
 
 
 def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str,
-                 problems: list[str]) -> Any:
-    """Validate ``values`` against a params dataclass; append problems; return the instance."""
+                 problems: list[str], *, strict: bool = False) -> Any:
+    """Validate ``values`` against a params dataclass; append problems; return the instance.
+
+    ``strict``: for data that arrives typed (a checkpoint's JSON metadata), not written by hand:
+    types must match as they are (no ``8/255``, no ``"1"`` for 1), and a field whose type is a
+    params dataclass is checked the same way, one level down.
+    """
+    if strict:
+        return _check_typed(params_cls, values, path, owner, problems)
     fields = {f.name: f for f in dataclasses.fields(params_cls)}
     hints = _field_types(params_cls)
     cfg = OmegaConf.structured(params_cls)
@@ -61,7 +68,8 @@ def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str
                 cfg[key] = _literal(value)
                 current = cfg[key]  # an escaped ${...} in a number field fails only when read back
         except OmegaConfBaseException as err:
-            expected = _type_name(hints[key])
+            choices = fields[key].metadata.get("choices")
+            expected = f"one of {choice_text(choices)}" if choices else _type_name(hints[key])
             problems.append(f"{path}.{key}: expected {expected}, got {value!r} "
                             f"({str(err).splitlines()[0]})")
             continue
@@ -77,6 +85,31 @@ def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException:
         return None
+
+
+def _check_typed(params_cls: type, values: dict[str, Any], path: str, owner: str, problems: list[str]) -> Any:
+    """:func:`check_params` without coercion (``strict``): JSON types as declared, then the same rules."""
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    hints = _field_types(params_cls)
+    before, kept = len(problems), {}
+    for key, value in values.items():
+        if key not in fields:
+            problems.append(f"{path}.{key}: not a parameter of {owner}{did_you_mean(key, fields)} "
+                            f"(valid: {', '.join(fields) or 'none'})")
+            continue
+        bad = check_json_type(value, hints[key])
+        nested = [a for a in (hints[key], *typing.get_args(hints[key])) if dataclasses.is_dataclass(a)]
+        if bad is None and nested and isinstance(value, dict):
+            value = _check_typed(nested[0], value, f"{path}.{key}", f"{owner} ({key})", problems)
+        elif bad is None:
+            bad = check_range(value, fields[key])
+        if bad:
+            problems.append(f"{path}.{key}: {bad}")
+        kept[key] = value
+    for name, f in fields.items():
+        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{path}.{name}: missing required value ({f.metadata.get('help', '')})")
+    return params_cls(**kept) if len(problems) == before else None
 
 
 def _literal(value: Any) -> Any:

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from advtrain.config.schema import EvalConfig, OutputConfig, ScheduleConfig, TrainConfig
+
 
 @dataclass
 class Component:
@@ -28,10 +30,10 @@ class Recipe:
     device: str
     precision: str
     components: dict[str, Component | None]
-    schedule: Any
-    train: Any
-    eval: Any
-    output: Any
+    schedule: ScheduleConfig
+    train: TrainConfig
+    eval: EvalConfig
+    output: OutputConfig
     resolved: dict[str, Any] = field(repr=False)
     source: str | None = None
     runtime: Any = None  # RuntimeConfig (threads)

@@ -51,7 +51,9 @@ class TrainConfig:
 
     max_steps_per_epoch: int | None = param(None, gt=0, le=2**40, help="cap batches per epoch (smoke tests)")
     grad_clip_value: float | None = param(None, gt=0, le=1e6, help="clip gradient values (PAT uses 1.0)")
-    compile: bool = param(False, help="wrap the model in torch.compile (inductor; CUDA, or CPU with a C++ compiler)")
+    compile: bool | str = param("auto", choices=(True, False, "auto"),
+                                help="torch.compile the model: auto (on for CUDA, off elsewhere), true (also on a CPU "
+                                     "with a C++ compiler) or false; a failed compilation falls back to eager")
     channels_last: bool | None = param(None, help="channels-last memory format for the model (default: on CUDA only)")
     data_on_device: bool = param(True, help="on CUDA, keep in-memory datasets on the GPU as uint8 and augment "
                                             "there (no per-batch host→device copies)")

@@ -20,6 +20,7 @@ from advtrain.objectives.objectives import (
     TradesParams,
 )
 from advtrain.objectives.perceptual import PerceptualObjective
+from advtrain.objectives.protocol import Objective
 from advtrain.registry import Registry
 
 OBJECTIVES = Registry("objective")
@@ -48,4 +49,4 @@ def ignored_attack_params(objective: str, attack: str, params: Any, *, section: 
             if key not in used and (keys is None or key in keys) and getattr(params, key) != getattr(default, key)]
 
 
-__all__ = ["OBJECTIVES", "LossOutput", "ignored_attack_params", "weighted_mean"]
+__all__ = ["OBJECTIVES", "LossOutput", "Objective", "ignored_attack_params", "weighted_mean"]

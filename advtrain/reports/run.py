@@ -1,15 +1,28 @@
-"""The end-of-run report: report.json, report.md and curves.png (written by the run folder's RunFiles)."""
+"""The end-of-run report: report.json, report.md and curves.png (written by the run folder's RunFiles).
+
+:func:`run_report` makes the :class:`~advtrain.io.run_records.RunReport` from values (the recipe, the
+run's result, the model's name and the evaluation attacks), :func:`write_run_report` writes it. The
+timing helpers read metrics lines as JSON mappings, the form ``metrics.jsonl`` holds on disk, so
+``advtrain compare`` uses them on runs it reads back.
+"""
 
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from advtrain import __version__
+from advtrain.config.recipe import Recipe
+from advtrain.io.run_files import RunFiles
+from advtrain.io.run_records import MetricsLine, RunReport
 from advtrain.reports.evaluation import eval_record, percent
 
+if TYPE_CHECKING:
+    from advtrain.train.loop import RunResult
 
-def loop_seconds(metrics: list[dict[str, Any]]) -> tuple[float, float, float]:
+
+def loop_seconds(metrics: Sequence[dict[str, Any]]) -> tuple[float, float, float]:
     """(training-loop seconds, training seconds, selection seconds): the loop as the paper times it,
     training epochs plus selection passes (validation and checkpointing left out)."""
     train_s = sum(float(m.get("train_time") or 0.0) for m in metrics)
@@ -17,7 +30,7 @@ def loop_seconds(metrics: list[dict[str, Any]]) -> tuple[float, float, float]:
     return train_s + selection_s, train_s, selection_s
 
 
-def epoch_seconds(metrics: list[dict[str, Any]]) -> dict[str, float]:
+def epoch_seconds(metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Median training seconds of a full-data epoch and of a coreset epoch (the phases the run had)."""
     out = {}
     for phase in ("full", "coreset"):
@@ -27,7 +40,7 @@ def epoch_seconds(metrics: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def speedup_estimate(metrics: list[dict[str, Any]], epochs: int) -> dict[str, float] | None:
+def speedup_estimate(metrics: Sequence[dict[str, Any]], epochs: int) -> dict[str, float] | None:
     """A coreset run's loop against full training of the same schedule, from its own epochs.
 
     Full training is estimated as ``epochs`` × the median full-data (warm-start) epoch; ``None``
@@ -44,37 +57,30 @@ def speedup_estimate(metrics: list[dict[str, Any]], epochs: int) -> dict[str, fl
             "selection_share": selection_s / loop_s if loop_s else 0.0}
 
 
-def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
-    """Summarise a finished run from its metrics and final test evaluation."""
-    recipe = trainer.recipe
-    metrics = trainer.metrics
+def run_report(recipe: Recipe, result: RunResult, *, model_name: str, eval_attacks: Sequence[Any]) -> RunReport:
+    """Summarise a finished run of ``recipe`` from its metrics lines and final test evaluation."""
+    metrics = [m.to_json() for m in result.metrics]
     selection_s = sum((m.get("selection") or {}).get("total_s", 0.0) for m in metrics)
     epoch_s = sum(m.get("epoch_time", 0.0) for m in metrics)
     attack = recipe.components.get("attack")
-    report = {
-        "name": recipe.name,
-        "model": trainer.model.model_name,
-        "dataset": recipe.components["data"].name,
-        "objective": recipe.components["objective"].name,
-        "attack": attack.name if attack else None,
-        "selector": recipe.components["selector"].name,
-        "epochs": recipe.schedule.epochs,
-        "epochs_run": result.epochs_run,
-        "wall_seconds": result.wall_seconds,
-        "train_seconds": epoch_s,
-        "selection_seconds": selection_s,
-        "selection_share": selection_s / epoch_s if epoch_s else 0.0,
-        "loop_seconds": loop_seconds(metrics)[0],
-        "speedup": speedup_estimate(metrics, recipe.schedule.epochs),
-        "best_metric": result.best_metric,
-        "best_epoch": None if result.best_epoch is None else result.best_epoch + 1,
-        "final_val": result.final_val,
-        "test": eval_record(result.test, trainer.eval_attacks) if result.test is not None else None,
-        "advtrain_version": __version__,
-        "recipe": recipe.resolved,
-    }
-    trainer.files.write_report(report, run_markdown(report), curves_png(metrics) if metrics else None)
-    return report
+    return RunReport(
+        name=recipe.name, model=model_name, dataset=recipe.components["data"].name,
+        objective=recipe.components["objective"].name, attack=attack.name if attack else None,
+        selector=recipe.components["selector"].name, epochs=recipe.schedule.epochs, epochs_run=result.epochs_run,
+        wall_seconds=result.wall_seconds, train_seconds=epoch_s, selection_seconds=selection_s,
+        selection_share=selection_s / epoch_s if epoch_s else 0.0, loop_seconds=loop_seconds(metrics)[0],
+        speedup=speedup_estimate(metrics, recipe.schedule.epochs), best_metric=result.best_metric,
+        best_epoch=None if result.best_epoch is None else result.best_epoch + 1, final_val=result.final_val,
+        test=eval_record(result.test, list(eval_attacks)) if result.test is not None else None,
+        compile=result.compile, advtrain_version=__version__, recipe=recipe.resolved)
+
+
+def write_run_report(files: RunFiles, report: RunReport, metrics: Sequence[MetricsLine]) -> dict[str, Any]:
+    """Write ``report`` (report.json, report.md) and the curves of ``metrics``; the report as JSON."""
+    record = report.to_json()
+    lines = [m.to_json() for m in metrics]
+    files.write_report(record, run_markdown(record), curves_png(lines) if lines else None)
+    return record
 
 
 def curves_png(metrics: list[dict]) -> bytes:
@@ -123,6 +129,12 @@ def run_markdown(report: dict) -> str:
         f"selection {report['selection_seconds']:.1f}s ({report['selection_share']:.1%})",
         f"- best validation metric {report['best_metric']} at epoch {report['best_epoch']}",
     ]
+    compiled = report.get("compile")
+    if compiled:
+        lines.append(f"- torch.compile ({compiled['setting']}): " + (
+            f"warm-up {compiled['warmup_s']:.1f}s (first compiled call)" if compiled["compiled"] and
+            compiled["warmup_s"] is not None else f"fell back to eager ({compiled['fallback']})"
+            if not compiled["compiled"] else "compiled"))
     speed = report.get("speedup")
     if speed:
         lines.append(

@@ -17,21 +17,23 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from advtrain import build
 from advtrain.config.recipe import Recipe
-from advtrain.errors import CheckpointError, DivergenceError, UserError
+from advtrain.errors import DivergenceError, UserError
 from advtrain.eval.robust import EvalResult, evaluate
 from advtrain.io import checkpoint as ckpt_io
+from advtrain.io.checkpoint import RESUMABLE_KEYS, recipe_differences
 from advtrain.io.run_files import RunFiles
 from advtrain.io.run_folder import RunFolder, new_run_id
+from advtrain.io.run_records import MetricsLine
+from advtrain.io.run_state import RunState
 from advtrain.objectives import weighted_mean
 from advtrain.reports.loggers import Loggers
 from advtrain.runtime import distributed
@@ -46,15 +48,15 @@ from advtrain.runtime.interrupts import StopRequest
 from advtrain.runtime.seeding import derive_seed, generator, seed_everything
 from advtrain.selection import Coreset
 from advtrain.train import overfit, stops
+from advtrain.train.budget import coreset_size_bounds
+from advtrain.train.compiled import CompiledModel, compile_message
 from advtrain.train.progress import EpochProgress
 from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
 from advtrain.train.stops import TrainingInterrupted
 from advtrain.ui.console import Reporter
 
-__all__ = ["RunResult", "Trainer", "TrainingInterrupted", "epoch_phase", "recipe_differences", "selection_due"]
-
-#: Recipe keys that may change between a checkpoint and a resumed run.
-RESUMABLE_KEYS = ("name", "device", "output", "eval", "runtime", "log")
+__all__ = ["RESUMABLE_KEYS", "RunResult", "Trainer", "TrainingInterrupted", "epoch_phase", "recipe_differences",
+           "selection_due"]
 
 
 @dataclass
@@ -68,8 +70,9 @@ class RunResult:
     test: EvalResult | None
     best_metric: float | None
     best_epoch: int | None
-    metrics: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[MetricsLine] = field(default_factory=list)
     finished_before: bool = False  # --resume of a run that had already finished: nothing was redone
+    compile: dict[str, Any] | None = None  # train.compile: {setting, compiled, warmup_s, fallback}
 
 
 def epoch_phase(schedule: Any, epoch: int, selects: bool) -> str:
@@ -87,23 +90,14 @@ def selection_due(schedule: Any, epoch: int, coreset: Coreset | None) -> bool:
     return coreset is None or (epoch - first) % schedule.select_every == 0
 
 
-def recipe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Key paths whose values differ between two resolved recipes (ignoring RESUMABLE_KEYS)."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        if not prefix and key in RESUMABLE_KEYS:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs.extend(recipe_differences(a, b, path + "."))
-        elif a != b:
-            diffs.append(f"{path}: checkpoint {a!r} vs recipe {b!r}")
-    return diffs
-
-
 class Trainer:
-    """Holds the built components of one run; :meth:`fit` is the readable loop."""
+    """Holds the built components of one run and where it stands; :meth:`fit` is the readable loop.
+
+    Three kinds of attribute: the run's setting (recipe, device, precision, process group), its
+    built components (``parts``, with the model the step calls and the gradient scaler), and its
+    state: :attr:`state` (what a checkpoint saves), :attr:`metrics` (the lines of ``metrics.jsonl``)
+    and the phase the run is in.
+    """
 
     def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None,
                  resuming: bool = False) -> None:
@@ -113,40 +107,46 @@ class Trainer:
         self.device = distributed.init(self.dist, pick_device(device or recipe.device))
         self.amp_dtype = resolve_precision(recipe.precision, self.device)
         seed_everything(recipe.seed)
-        parts = build.build_run(recipe, self.device, initial_weights=not resuming)  # resume: the checkpoint's
+        self.parts = build.build_run(recipe, self.device, initial_weights=not resuming)  # resume: the checkpoint's
         enable_cuda_autotuning(self.device)
-        self.data, self.model, self.selector = parts.data, parts.model, parts.selector
         self.train_model = self._setup_train_model()
-        self.objective, self.selection_objective = parts.objective, parts.selection_objective
-        self.optimizer, self.lr_factor, self.eval_attacks = parts.optimizer, parts.lr_factor, parts.eval_attacks
-        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
-        self.out_dir = Path(recipe.output.dir)
-        self.files = RunFiles(self.out_dir, writes=self.dist.is_main)  # rank 0 alone writes
+        # Only fp16 needs loss scaling; a disabled scaler passes every call through, so the step never branches.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.files = RunFiles(Path(recipe.output.dir), writes=self.dist.is_main)  # rank 0 alone writes
         self.stop = StopRequest(self.reporter.message)
-        self.epoch = 0
-        self.step = 0
-        self.coreset: Coreset | None = None
-        self.best_metric: float | None = None
-        self.best_epoch: int | None = None
-        self._new_best = False
-        self.probe_best: float | None = None  # best overfitting-guard probe accuracy so far
-        self.metrics: list[dict[str, Any]] = []
+        self.state = RunState()
+        self.metrics: list[MetricsLine] = []
         self.stopped_early = False
-        self.resume_point: EpochProgress | None = None  # the interrupted epoch a mid-epoch checkpoint continues
-        self.run_id: str | None = None  # recorded in the run folder and in every checkpoint
         self.phase = "setup"  # setup | training | testing | reporting (for the interruption message)
         self.loggers = Loggers([])  # the log section's, once the run folder is set up
 
+    # The components the loop reads most, by name.
+    model = property(lambda self: self.parts.model)
+    data = property(lambda self: self.parts.data)
+    optimizer = property(lambda self: self.parts.optimizer)
+    objective = property(lambda self: self.parts.objective)
+    eval_attacks = property(lambda self: self.parts.eval_attacks)
+    out_dir = property(lambda self: self.files.path)
+
+    @property
+    def probe_best(self) -> float | None:
+        """The best overfitting-guard probe so far (from the metrics lines: a resumed run keeps it)."""
+        probes = [m.overfit_probe_pgd5 for m in self.metrics if m.overfit_probe_pgd5 is not None]
+        return max(probes, default=None)
+
     def _setup_train_model(self) -> nn.Module:
-        """The model the training step calls: DDP-wrapped when data parallel, compiled with ``train.compile``."""
+        """The model the training step calls: DDP-wrapped when data parallel, compiled per ``train.compile``."""
         train_model: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             train_model = DistributedDataParallel(self.model, device_ids=ids)
-        return torch.compile(train_model) if self.recipe.train.compile else train_model
+        message = compile_message(self.recipe.train.compile, self.device)
+        if message is None:
+            return train_model
+        self.reporter.message(message)
+        return CompiledModel(train_model, lambda text: self.reporter.message(text, style="yellow"))
 
     # ------------------------------------------------------------------ loop
     def fit(self, folder: RunFolder | None, *, resume: Path | None = None, force: bool = False) -> RunResult:
@@ -158,17 +158,17 @@ class Trainer:
         """
         start = time.perf_counter()
         if not self._setup_run(folder, resume, force):
-            return RunResult(self.out_dir, 0, time.perf_counter() - start, {}, None, self.best_metric,
-                             self.best_epoch, self.metrics, finished_before=True)
-        schedule, first_epoch = self.recipe.schedule, self.epoch
+            return RunResult(self.out_dir, 0, time.perf_counter() - start, {}, None, self.state.best_metric,
+                             self.state.best_epoch, self.metrics, finished_before=True)
+        schedule, first_epoch = self.recipe.schedule, self.state.epoch
         with self._epoch_loop(first_epoch):
             for epoch in range(first_epoch, schedule.epochs):
-                self.epoch, epoch_start = epoch, time.perf_counter()
-                phase = epoch_phase(schedule, epoch, self.selector.selects)
+                self.state.epoch, epoch_start = epoch, time.perf_counter()
+                phase = epoch_phase(schedule, epoch, self.parts.selector.selects)
                 progress = self._resumed_epoch() or self._maybe_select(epoch, phase)
-                record = {"epoch": epoch, "phase": phase, **self._train(epoch, phase, progress)}
+                record = self._train(epoch, phase, progress)
                 collapsed = self._evaluate(epoch, phase, record)
-                record["epoch_time"] = time.perf_counter() - epoch_start
+                record.epoch_time = time.perf_counter() - epoch_start
                 if not self._save(epoch, record, collapsed):
                     break
         return self._finish(start, first_epoch)
@@ -180,18 +180,19 @@ class Trainer:
         self.phase = "training"
         if resume is not None:
             self.load(resume, force=force, folder=folder)
-            if self.epoch >= self.recipe.schedule.epochs and self.resume_point is None and folder is not None \
-                    and folder.is_finished():
+            if self.state.epoch >= self.recipe.schedule.epochs and self.state.in_epoch is None \
+                    and folder is not None and folder.is_finished():
                 self.reporter.message(f"run {self.recipe.name} already finished all {self.recipe.schedule.epochs} "
                                       f"epochs and wrote its report; nothing to do (its files are unchanged)")
                 return False
-            self.reporter.message(f"resumed from {resume} at epoch {self.epoch + 1}")
+            self.reporter.message(f"resumed from {resume} at epoch {self.state.epoch + 1}")
         else:
-            self.run_id = new_run_id()
+            self.state.run_id = new_run_id()
         if folder is not None:
-            folder.record_run_id(self.run_id)
+            folder.record_run_id(self.state.run_id)
             self.files.write_recipe(self.recipe.to_yaml())
-        self.loggers = Loggers.build(self.recipe.log, self.out_dir, first_epoch=self.epoch, writes=self.dist.is_main)
+        self.loggers = Loggers.build(self.recipe.log, self.out_dir, first_epoch=self.state.epoch,
+                                     writes=self.dist.is_main)
         return True
 
     @contextmanager
@@ -206,50 +207,56 @@ class Trainer:
 
     def _resumed_epoch(self) -> EpochProgress | None:
         """The interrupted epoch a mid-epoch checkpoint continues, once (its RNG state was restored with it)."""
-        progress, self.resume_point = self.resume_point, None
+        progress, self.state.in_epoch = self.state.in_epoch, None
         return progress
 
     def _maybe_select(self, epoch: int, phase: str) -> EpochProgress:
         """Seed a fresh epoch, then select a coreset when one is due; the epoch starts at batch 0."""
         rank = (self.dist.rank,) if self.dist.enabled else ()  # own attack starts per rank
         torch.manual_seed(derive_seed(self.recipe.seed, "epoch", epoch, *rank))
-        due = phase == "coreset" and selection_due(self.recipe.schedule, epoch, self.coreset)
+        due = phase == "coreset" and selection_due(self.recipe.schedule, epoch, self.state.coreset)
         return EpochProgress(epoch, selection=self.select(epoch) if due else None)
 
-    def _train(self, epoch: int, phase: str, progress: EpochProgress) -> dict[str, Any]:
-        """Train the epoch (a ``skip`` epoch only advances the step count); its metrics entries."""
+    def _train(self, epoch: int, phase: str, progress: EpochProgress) -> MetricsLine:
+        """Train the epoch (a ``skip`` epoch only advances the step count); its metrics line so far."""
+        record = MetricsLine(epoch, phase, selection=progress.selection)
         if phase == "skip":
-            record: dict[str, Any] = {"train_loss": float("nan"), "train_acc": float("nan"), "samples": 0}
-            self.step += self._batches_per_epoch(len(self.data.train))
+            self.state.step += self._batches_per_epoch(len(self.data.train))
         else:
+            warm = getattr(self.train_model, "warmup_s", 0.0)  # None until a compiled model's first call
             train_start = time.perf_counter()
-            record = self.train_epoch(epoch, phase, progress)
-            record["train_time"] = time.perf_counter() - train_start
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
-        record["coreset_size"] = None if phase != "coreset" else int(len(self.coreset.indices))
-        record["selection"] = progress.selection
+            stats = self.train_epoch(epoch, phase, progress)
+            record.train_time = time.perf_counter() - train_start
+            record.train_loss, record.train_acc = stats["train_loss"], stats["train_acc"]
+            record.samples = stats["samples"]
+            if warm is None:
+                record.compile_warmup_s = self.train_model.warmup_s
+        record.lr = self.optimizer.param_groups[0]["lr"]
+        record.coreset_size = None if phase != "coreset" else len(self.state.coreset)
         return record
 
-    def _evaluate(self, epoch: int, phase: str, record: dict[str, Any]) -> bool:
+    def _evaluate(self, epoch: int, phase: str, record: MetricsLine) -> bool:
         """Validate when due (tracking the best model), then the overfitting guard; True: training collapsed."""
         if self._eval_due(epoch) and self.dist.is_main:
             eval_start = time.perf_counter()
             val = self.validate().summary()
-            record["eval_time"] = time.perf_counter() - eval_start
-            record["val"] = val
+            record.eval_time = time.perf_counter() - eval_start
+            record.val = val
             self._track_best(val, epoch)
         return self._overfit_guard(phase, record)
 
-    def _save(self, epoch: int, record: dict[str, Any], collapsed: bool) -> bool:
+    def _save(self, epoch: int, record: MetricsLine, collapsed: bool) -> bool:
         """Log the epoch and save its checkpoints; False: the overfitting guard stopped the run."""
         self.metrics.append(record)
-        self.files.append_metrics(record)
-        self.loggers.log_epoch(record, self.metrics)  # metrics.csv / TensorBoard when the log section asks
+        self.files.append_metrics(record.to_json())
+        # metrics.csv / TensorBoard when the log section asks
+        self.loggers.log_epoch(record.to_json(), [m.to_json() for m in self.metrics])
         if collapsed:
             self._revert_after_collapse(epoch, record)
             return False
+        self.state.epoch = epoch + 1  # this epoch is done: a resume starts the next one
         self._save_checkpoints(epoch)
-        self.reporter.epoch_end(epoch, record)
+        self.reporter.epoch_end(epoch, record.to_json())
         if distributed.any_rank(self.dist, self.stop.requested, self.device):  # a signal outside a training step
             raise TrainingInterrupted(stops.interrupt_message(self.stop.name, self.files.last, epoch=epoch))
         return True
@@ -261,10 +268,10 @@ class Trainer:
         if self.recipe.eval.n_examples > 0 and len(self.data.test) > 0 and self.dist.is_main:
             test = self.evaluate_split(self.data.test)
         self.phase = "reporting"
-        last_val = next((m["val"] for m in reversed(self.metrics) if m.get("val")), {})
-        epochs_run = sum(1 for m in self.metrics if m["epoch"] >= first_epoch)
-        return RunResult(self.out_dir, epochs_run, time.perf_counter() - start, last_val, test, self.best_metric,
-                         self.best_epoch, self.metrics)
+        last_val = next((m.val for m in reversed(self.metrics) if m.val), {})
+        epochs_run = sum(1 for m in self.metrics if m.epoch >= first_epoch)
+        return RunResult(self.out_dir, epochs_run, time.perf_counter() - start, last_val, test,
+                         self.state.best_metric, self.state.best_epoch, self.metrics, compile=self._compile_info())
 
     # ----------------------------------------------------------------- epoch
     def train_epoch(self, epoch: int, phase: str, progress: EpochProgress | None = None) -> dict[str, Any]:
@@ -303,9 +310,10 @@ class Trainer:
         n_train = len(self.data.train)
         if phase != "coreset":
             return torch.arange(n_train), None
+        coreset = self.state.coreset
         weights = torch.zeros(n_train)
-        weights[self.coreset.indices] = self.coreset.weights.float().cpu()
-        return self.coreset.indices, weights.to(self.device)
+        weights[coreset.indices] = coreset.weights.float().cpu()
+        return coreset.indices, weights.to(self.device)
 
     def _batches(self, indices: Tensor, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         from advtrain.data import iterate_batches
@@ -339,8 +347,8 @@ class Trainer:
     def _train_step(self, epoch: int, b: int, batches: int, x: Tensor, y: Tensor, idx: Tensor,
                     weights_dev: Tensor | None, monitor: StepMonitor) -> None:
         """Attack, weighted loss, backward, optimizer step; its figures go to ``monitor`` (no host sync)."""
-        factor = self.lr_factor(epoch + b / batches, self.recipe.schedule.epochs)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+        factor = self.parts.lr_factor(epoch + b / batches, self.recipe.schedule.epochs)
+        for group, base in zip(self.optimizer.param_groups, self.parts.base_lrs, strict=True):
             group["lr"] = base * factor
         try:
             with autocast(self.device, self.amp_dtype):
@@ -348,23 +356,18 @@ class Trainer:
             batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device, non_blocking=True)]
             loss, loss_value, correct, count, stop = self._step_loss(out.losses.float(), out.logits, y, batch_weights)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clipping sees true gradients
         except CUDA_OUT_OF_MEMORY:
             raise UserError(stops.oom_message(epoch, b, self.data.batch_size, self.files.last)) from None
         # fp16: the gradient scaler skips steps with inf/NaN gradients and lowers its scale itself.
-        monitor.record(b, loss_value, correct, count, grads_finite(self.model) if self.scaler is None else None, stop)
+        monitor.record(b, loss_value, correct, count, None if self.scaler.is_enabled() else grads_finite(self.model),
+                       stop)
         if self.recipe.train.grad_clip_value is not None:
             nn.utils.clip_grad_value_(self.model.parameters(), self.recipe.train.grad_clip_value)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.step += 1
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
 
     def _step_loss(self, losses: Tensor, logits: Tensor, y: Tensor,
                    weights: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | int, Tensor | None]:
@@ -380,12 +383,12 @@ class Trainer:
 
     # ------------------------------------------------------ stopping early
     def _finite_state(self, progress: EpochProgress) -> FiniteState:
-        return FiniteState.take(self.model, self.optimizer, self.device, progress=progress, step=self.step)
+        return FiniteState.take(self.model, self.optimizer, self.device, progress=progress, step=self.state.step)
 
     def _diverged(self, totals: StepTotals, bad_batch: int, finite: FiniteState) -> None:
         """Roll back to the last finite state of this epoch, save it, and stop with a hint."""
         finite.restore(self.model, self.optimizer, self.device)
-        self.step = finite.step
+        self.state.step = finite.step
         at = finite.progress
         saved = self._save_in_epoch(at) if finite.is_finite() else None
         kept = stops.rollback_kept(saved, at.batch, self.files.last)
@@ -393,14 +396,12 @@ class Trainer:
 
     def _save_in_epoch(self, progress: EpochProgress) -> Path:
         """Save mid-epoch: a resume continues right after ``progress.batch`` batches of ``progress.epoch``."""
-        state = self.state()
-        state.epoch = progress.epoch - 1  # the last *completed* epoch
-        state.extra = progress.to_extra()
-        path = self.files.save_checkpoint(state, "last")
+        path = self.files.save_checkpoint(self.snapshot(replace(self.state, epoch=progress.epoch, in_epoch=progress)),
+                                          "last")
         distributed.barrier(self.dist)
         return path
 
-    def _overfit_guard(self, phase: str, record: dict[str, Any]) -> bool:
+    def _overfit_guard(self, phase: str, record: MetricsLine) -> bool:
         """The catastrophic-overfitting probe after a trained epoch; rank 0 decides for every rank."""
         collapsed = False
         if self.recipe.train.overfit_guard and phase != "skip" and self.dist.is_main:
@@ -409,19 +410,27 @@ class Trainer:
                                           batch_size=self.data.batch_size, num_classes=self.data.num_classes,
                                           device=self.device, best=self.probe_best,
                                           drop=self.recipe.train.overfit_drop)
-            record["overfit_probe_pgd5"] = probe.accuracy
-            self.probe_best, collapsed = probe.best, probe.collapsed
+            record.overfit_probe_pgd5 = probe.accuracy
+            collapsed = probe.collapsed
         return distributed.rank0_flag(self.dist, collapsed, self.device)
 
-    def _revert_after_collapse(self, epoch: int, record: dict[str, Any]) -> None:
+    def _revert_after_collapse(self, epoch: int, record: MetricsLine) -> None:
         """Stop after a collapse with the previous epoch's model (``last.safetensors``) back in place."""
-        self.reporter.epoch_end(epoch, record)
+        self.reporter.epoch_end(epoch, record.to_json())
         if self.dist.is_main:
-            self.reporter.message(overfit.collapse_message(epoch, self.probe_best, record["overfit_probe_pgd5"],
+            self.reporter.message(overfit.collapse_message(epoch, self.probe_best, record.overfit_probe_pgd5,
                                                            self.files.last), style="red")
         self.stopped_early = True
         if self.files.last.exists():
             ckpt_io.load_model_weights(ckpt_io.load(self.files.last), self.model)
+
+    def _compile_info(self) -> dict[str, Any] | None:
+        """What ``train.compile`` did (None: the model trained eagerly, as asked or as auto decided)."""
+        if not isinstance(self.train_model, CompiledModel):
+            return None
+        model = self.train_model
+        return {"setting": self.recipe.train.compile, "compiled": model.fallback is None,
+                "warmup_s": model.warmup_s, "fallback": model.fallback}
 
     # ------------------------------------------------------------ selection
     def select(self, epoch: int) -> dict[str, float]:
@@ -433,10 +442,10 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derive_seed(self.recipe.seed, "select-attack", epoch))
-            coreset, timing = select_coreset(self.model, self.selection_objective, self.selector, self.data,
+            coreset, timing = select_coreset(self.model, self.parts.selection_objective, self.parts.selector, self.data,
                                              seed=self.recipe.seed, epoch=epoch, device=self.device,
                                              amp_dtype=self.amp_dtype, ctx=self.dist)
-        self.coreset = coreset
+        self.state.coreset = coreset
         self.files.write_coreset(epoch, indices=coreset.indices, weights=coreset.weights, labels=coreset.labels)
         info = timing.record(len(coreset))
         self.reporter.message(
@@ -463,91 +472,46 @@ class Trainer:
 
     def _track_best(self, val: dict[str, float], epoch: int) -> None:
         robust = [v for k, v in val.items() if k != "clean"]
-        metric = robust[0] if robust else val["clean"]
-        if self.best_metric is None or metric > self.best_metric:
-            self.best_metric, self.best_epoch = metric, epoch
-            self._new_best = True
+        self.state.improved(robust[0] if robust else val["clean"], epoch)
 
     # ------------------------------------------------------------- state
-    def state(self) -> ckpt_io.TrainingState:
+    def snapshot(self, run: RunState | None = None) -> ckpt_io.TrainingState:
+        """What a checkpoint saves: ``run`` (default: the run's state) with the model, optimizer and scaler."""
         return ckpt_io.TrainingState(
-            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), epoch=self.epoch,
-            step=self.step, recipe_yaml=self.recipe.to_yaml(), model_name=self.model.model_name,
-            num_classes=self.data.num_classes, in_chans=self.data.image_shape[0],
-            best_metric=self.best_metric, best_epoch=self.best_epoch,
-            coreset_indices=None if self.coreset is None else self.coreset.indices,
-            coreset_weights=None if self.coreset is None else self.coreset.weights,
-            coreset_epoch=None if self.coreset is None else self.coreset.epoch,
-            scaler=None if self.scaler is None else self.scaler.state_dict(), run_id=self.run_id,
-        )
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), recipe_yaml=self.recipe.to_yaml(),
+            model_name=self.model.model_name, num_classes=self.data.num_classes, in_chans=self.data.image_shape[0],
+            run=run or self.state, scaler=self.scaler.state_dict())
 
     def _save_checkpoints(self, epoch: int) -> None:
         if not self.dist.is_main:
             return
-        state = self.state()
+        state = self.snapshot()
         self.files.save_checkpoint(state, "last")
-        if self._new_best:
+        if self.state.best_epoch == epoch:  # this epoch's validation set a new best
             self.files.save_checkpoint(state, "best")
-            self._new_best = False
         keep = self.recipe.output.keep_every
         if keep and (epoch + 1) % keep == 0:
             self.files.save_checkpoint(state, "epoch", epoch=epoch + 1)
 
     def load(self, path: Path, *, force: bool, folder: RunFolder | None = None) -> None:
-        """Continue from a checkpoint of this same recipe (model, optimizer, coreset, epoch).
+        """Continue from a checkpoint of this same recipe (:func:`advtrain.io.checkpoint.resume` checks it).
 
-        Everything is checked before the run folder changes: the checkpoint (format, metadata,
-        tensors), that it belongs to the run in ``folder``, the model, the recipe, the optimizer
-        state and the coreset.
+        Everything is checked before the run folder changes: the checkpoint itself, that it belongs
+        to the run in ``folder``, then (in :func:`~advtrain.io.checkpoint.resume`) the model, the
+        recipe, the optimizer and the coreset.
         """
         ckpt = ckpt_io.load(path)
-        self.run_id = ckpt.meta.get("run_id") if folder is None else folder.resume_run_id(ckpt.meta.get("run_id"),
-                                                                                            path)
-        ckpt_io.check_model_matches(ckpt, self.model.model_name, self.data.num_classes)  # before the recipe diff
-        self._check_recipe(ckpt, path, force)
-        meta = ckpt.meta
-        if "coreset.indices" in ckpt.tensors:
-            indices, n_train = ckpt.tensors["coreset.indices"], len(self.data.train)
-            if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_train):
-                raise CheckpointError(f"checkpoint '{path}': tensor 'coreset.indices' holds indices outside "
-                                      f"0..{n_train - 1}, the training samples of this recipe's data.")
-        ckpt_io.check_optimizer_tensors(ckpt, [p for g in self.optimizer.param_groups for p in g["params"]])
-        ckpt_io.load_model_weights(ckpt, self.model)
-        optim_state = ckpt_io.optimizer_state(ckpt)
-        if optim_state is not None:
-            try:
-                self.optimizer.load_state_dict(optim_state)
-            except (ValueError, KeyError, TypeError, RuntimeError) as err:
-                raise CheckpointError(f"checkpoint '{path}': its optimizer state does not fit optimizer "
-                                      f"'{self.recipe.components['optim'].name}' ({err}).") from None
-        if self.scaler is not None and meta.get("scaler"):
-            self.scaler.load_state_dict(meta["scaler"])
-        self.epoch = int(meta["epoch"]) + 1
-        self.step = int(meta["step"])
-        in_epoch = EpochProgress.from_extra(meta.get("extra"))
-        if in_epoch is not None:
-            self.epoch = in_epoch.epoch
-            self.resume_point = in_epoch if in_epoch.batch > 0 else None  # at batch 0 the epoch starts afresh
-        self.best_metric, self.best_epoch = meta.get("best_metric"), meta.get("best_epoch")
-        if "coreset.indices" in ckpt.tensors:
-            self.coreset = Coreset(ckpt.tensors["coreset.indices"], ckpt.tensors["coreset.weights"],
-                                   int(meta["coreset_epoch"]))
-        self.metrics = self.files.metrics_before(self.epoch)  # the lines of epochs to redo are dropped
-        ckpt_io.restore_rng(ckpt)
-
-    def _check_recipe(self, ckpt: ckpt_io.Checkpoint, path: Path, force: bool) -> None:
-        """Refuse a checkpoint trained with another recipe (RESUMABLE_KEYS aside) unless ``force``."""
-        try:
-            old = yaml.safe_load(ckpt.recipe_yaml) or {}
-        except yaml.YAMLError:
-            raise CheckpointError(f"checkpoint '{path}': its stored recipe is not valid YAML.") from None
-        if not isinstance(old, dict):
-            raise CheckpointError(f"checkpoint '{path}': its stored recipe is not a mapping.")
-        diffs = recipe_differences(old, self.recipe.resolved)
-        if diffs and not force:
-            raise CheckpointError(
-                f"the recipe differs from the one checkpoint '{path}' was trained with:\n  "
-                + "\n  ".join(diffs) + "\nResume with the same recipe, or pass --force to continue anyway.")
+        theirs = ckpt.meta.get("run_id")
+        run_id = theirs if folder is None else folder.resume_run_id(theirs, path)
+        selector = self.recipe.components["selector"]
+        sizes = coreset_size_bounds(selector.params, self.data.train.labels, self.data.batch_size)
+        self.state = ckpt_io.resume(ckpt, model=self.model, optimizer=self.optimizer,
+                                    optimizer_name=self.recipe.components["optim"].name, scaler=self.scaler,
+                                    recipe=self.recipe.resolved, n_train=len(self.data.train), coreset_sizes=sizes,
+                                    force=force)
+        self.state.run_id = run_id
+        # the lines of epochs to redo are dropped
+        self.metrics = [MetricsLine.from_json(m) for m in self.files.metrics_before(self.state.epoch)]
 
     def close(self) -> None:
         """Close the loggers and leave the process group (data-parallel runs)."""

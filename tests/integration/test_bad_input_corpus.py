@@ -218,18 +218,90 @@ def _python_rng_short(tensors, metadata):
     metadata["advtrain"] = json.dumps(meta)
 
 
+def _edit_group(**changes):
+    """Change the settings of the optimizer's first parameter group."""
+    def edit(tensors, metadata):
+        meta = json.loads(metadata["advtrain"])
+        meta["optimizer"]["param_groups"][0].update(changes)
+        metadata["advtrain"] = json.dumps(meta)
+    return edit
+
+
+def _coreset(indices, weight=1.0):
+    """A stored coreset of ``indices`` (selected at epoch 0), each with weight ``weight``."""
+    def edit(tensors, metadata):
+        tensors["coreset.indices"], tensors["coreset.weights"] = indices, torch.full((len(indices),), weight)
+        metadata["advtrain"] = json.dumps({**json.loads(metadata["advtrain"]), "coreset_epoch": 0})
+    return edit
+
+
+def _huge_tensor(name, dtype, shape):
+    """Declare tensor ``name`` of ``shape`` in the header; :func:`_save` writes the file sparse (no disk used)."""
+    def edit(tensors, metadata):
+        tensors.pop(name, None)
+        metadata["__huge__"] = json.dumps([name, dtype, list(shape)])
+    return edit
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8", torch.float64: "F64"}
+
+
+def _save(tensors, path, metadata):
+    """``save_file``, or for a ``_huge_tensor`` case a hand-written safetensors file whose last tensor is a hole."""
+    huge = metadata.pop("__huge__", None)
+    if huge is None:
+        save_file(tensors, str(path), metadata=metadata)
+        return
+    name, dtype, shape = json.loads(huge)
+    header, offset, bodies = {"__metadata__": metadata}, 0, []
+    for key, tensor in tensors.items():
+        body = tensor.contiguous().numpy().tobytes()
+        header[key] = {"dtype": _ST_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + len(body)]}
+        bodies.append(body)
+        offset += len(body)
+    size = int(np.prod(shape)) * {"F32": 4, "I64": 8, "U8": 1}[dtype]
+    header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as handle:
+        handle.write(len(text).to_bytes(8, "little") + text + b"".join(bodies))
+        handle.truncate(8 + len(text) + offset + size)  # a sparse 16 GiB file: the declared tensor is a hole
+
+
 FC = "model.net.fc.weight"
 CHECKPOINT_CASES = {
-    "meta_epoch_string": (_edit_meta(epoch="abc"), "metadata 'epoch' must be an integer"),
-    "meta_epoch_huge": (_edit_meta(epoch=10**30), "metadata 'epoch' must be an integer in [-1, 1000000]"),
-    "meta_num_classes_negative": (_edit_meta(num_classes=-1), "metadata 'num_classes' must be an integer"),
-    "meta_format_version_string": (_edit_meta(format_version="1"), "metadata 'format_version' must be"),
-    "meta_kind_unknown": (_edit_meta(kind="evil"), "metadata 'kind' must be one of last, best, epoch"),
-    "meta_unknown_key": (_edit_meta(payload="x"), "metadata key 'payload' is not one advtrain writes"),
-    "meta_best_metric_nan": (_edit_meta(best_metric=float("nan")), "metadata 'best_metric' must be an accuracy"),
-    "meta_model_name_path": (_edit_meta(model_name="../../evil.pth"), "metadata 'model_name' must be a model name"),
+    "meta_epoch_string": (_edit_meta(epoch="abc"), "metadata.epoch: expected an integer, got 'abc' (str)"),
+    "meta_epoch_huge": (_edit_meta(epoch=10**30), "metadata.epoch: must fit in 64 bits"),
+    "meta_epoch_beyond_limit": (_edit_meta(epoch=10**7), "metadata.epoch: must be <= 1000000, got 10000000"),
+    "meta_num_classes_negative": (_edit_meta(num_classes=-1), "metadata.num_classes: must be >= 1, got -1"),
+    "meta_format_version_string": (_edit_meta(format_version="1"),
+                                   "metadata.format_version: expected an integer, got '1' (str)"),
+    "meta_kind_unknown": (_edit_meta(kind="evil"), "metadata.kind: must be one of last, best, epoch, got 'evil'"),
+    "meta_unknown_key": (_edit_meta(payload="x"), "metadata.payload: not a parameter of the checkpoint metadata"),
+    "meta_best_metric_nan": (_edit_meta(best_metric=float("nan")), "metadata.best_metric: expected a number or null"),
+    "meta_model_name_path": (_edit_meta(model_name="../../evil.pth"),
+                             "metadata.model_name: '../../evil.pth' is not allowed here"),
     "meta_is_a_list": (_raw_meta("[1, 2, 3]"), "advtrain metadata must be a JSON object, got list"),
-    "meta_python_rng_short": (_python_rng_short, "metadata 'rng' must be the numpy and python RNG states"),
+    "meta_python_rng_short": (_python_rng_short, "metadata.rng.python: must be python's random.getstate()"),
+    "meta_step_flag": (_edit_meta(step=True), "metadata.step: expected an integer, got True (bool)"),
+    "meta_in_epoch_batch_string": (_edit_meta(extra={"in_epoch": {"epoch": 1, "batch": "3", "partial": {}}}),
+                                   "metadata.extra.in_epoch.batch: expected an integer, got '3' (str)"),
+    "optim_maximize_string": (_edit_group(maximize="no"),
+                              "metadata.optimizer.param_groups[0].maximize: must be a number, true/false, null"),
+    "optim_momentum_string": (_edit_group(momentum="abc"),
+                              "metadata.optimizer.param_groups[0].momentum: must be a number, true/false, null"),
+    "optim_lr_string": (_edit_group(lr="0.05"), "metadata.optimizer.param_groups[0].lr: must be a number"),
+    "optim_setting_nested": (_edit_group(weight_decay={"x": 1}),
+                             "metadata.optimizer.param_groups[0].weight_decay: must be a number"),
+    "sparse_16_gib_model_tensor": (_huge_tensor(FC, "F32", (2**31, 2)), "tensor 'model.net.fc.weight' is float32 of "
+                                   "shape (2147483648, 2) in the checkpoint but model 'small_cnn' expects float32 of "
+                                   "shape (4, 128)"),
+    "sparse_16_gib_unknown_tensor": (_huge_tensor("payload.blob", "U8", (2**34,)),
+                                     "tensor 'payload.blob' (uint8 of shape (17179869184,)) is not one advtrain "
+                                     "writes"),
+    "sparse_16_gib_coreset": (_huge_tensor("coreset.indices", "I64", (2**31,)),
+                              "tensor 'coreset.indices' is int64 of shape (2147483648,); expected int64"),
     "rng_torch_float": (_edit_tensor("rng.torch", lambda t: t.float()),
                         "tensor 'rng.torch' is float32 of shape (5056,); expected uint8 of shape (5056,)"),
     "rng_numpy_short": (_edit_tensor("rng.numpy", lambda t: t[:10]),
@@ -266,7 +338,7 @@ def test_bad_checkpoint_is_refused_and_loses_nothing(arena, case, command):
         metadata["advtrain"] = json.dumps({**json.loads(metadata["advtrain"]), "coreset_epoch": 0})
     edit(tensors, metadata)
     crafted = arena / "downloaded.safetensors"
-    save_file(tensors, str(crafted), metadata=metadata)
+    _save(tensors, crafted, metadata)
     before = _snapshot(arena / "runs")
     if command == "eval":
         code, out = _invoke("eval", crafted, "--attack", "clean", "--n-examples", "4", "--out", "evaluated")
@@ -274,7 +346,57 @@ def test_bad_checkpoint_is_refused_and_loses_nothing(arena, case, command):
     else:  # continue the victim run from the crafted checkpoint, into the victim's own folder
         code, out = _invoke("run", ASSETS / "tiny.yaml", *VICTIM_ARGS, "output.dir=runs/victim", "--resume-from",
                             crafted)
+    if case.startswith("sparse"):
+        crafted.unlink()  # 16 GiB as the file system sees it: the leak scan below reads every file
     _assert_clean_refusal(arena, before, code, out, [expected, "downloaded.safetensors"])
+
+
+#: Checkpoints `advtrain eval` may read (it uses neither the optimizer nor the coreset) but a resume must refuse:
+#: (edit, extra run options, expected message). The coreset cases resume with a coreset recipe (--force: the
+#: victim trained with selector=full), whose budget is 36 of the 72 training samples (batch-wise: 36 to 68).
+CORESET_RECIPE = ["selector=random", "selector.fraction=0.5", "--force"]
+RESUME_CASES = {
+    "optim_maximize_true": (_edit_group(maximize=True), [],
+                            "param_groups[0].maximize: checkpoint True vs recipe False"),
+    "optim_momentum_other": (_edit_group(momentum=0.5), [], "param_groups[0].momentum: checkpoint 0.5 vs recipe 0.9"),
+    "optim_flag_as_number": (_edit_group(nesterov=0), [],
+                             "param_groups[0].nesterov: must be true/false (optimizer 'sgd'), got 0 (int)"),
+    "optim_momentum_as_flag": (_edit_group(momentum=True), [],
+                               "param_groups[0].momentum: must be a number (optimizer 'sgd'), got True (bool)"),
+    "optim_unknown_setting": (_edit_group(evil=1.5), [],
+                              "param_groups[0].evil: 1.5 in the checkpoint, but optimizer 'sgd' has no such setting"),
+    "optim_negative_lr": (_edit_group(lr=-0.1), [], "param_groups[0].lr: must be a learning rate >= 0, got -0.1"),
+    "optim_extra_group": (lambda tensors, metadata: _add_group(metadata), [],
+                          "param_groups: the checkpoint has 2 group(s), optimizer 'sgd' has 1"),
+    "coreset_all_zero": (_coreset(torch.zeros(36, dtype=torch.int64)), CORESET_RECIPE,
+                         "repeats samples: 36 indices but 1 distinct ones"),
+    "coreset_duplicates": (_coreset(torch.cat([torch.arange(30), torch.arange(6)])), CORESET_RECIPE,
+                           "repeats samples: 36 indices but 30 distinct ones"),
+    "coreset_out_of_range": (_coreset(torch.arange(36) + 40), CORESET_RECIPE,
+                             "holds indices outside 0..71, the training samples"),
+    "coreset_too_small": (_coreset(torch.arange(3)), CORESET_RECIPE,
+                          "holds 3 samples, but the recipe's selector selects 36 to 68 of the 72 training samples"),
+    "coreset_zero_weight": (_coreset(torch.arange(36), weight=0.0), CORESET_RECIPE,
+                            "(tensor 'coreset.weights') gives a selected sample weight 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_checkpoint_that_does_not_fit_the_recipe_is_refused_on_resume(arena, case):
+    edit, options, expected = RESUME_CASES[case]
+    tensors, metadata = _read_checkpoint(arena / "runs/victim/epoch_001.safetensors")
+    edit(tensors, metadata)
+    save_file(tensors, str(arena / "downloaded.safetensors"), metadata=metadata)
+    before = _snapshot(arena / "runs")
+    code, out = _invoke("run", ASSETS / "tiny.yaml", *VICTIM_ARGS, "output.dir=runs/victim", *options,
+                        "--resume-from", "downloaded.safetensors")
+    _assert_clean_refusal(arena, before, code, out, [expected, "downloaded.safetensors"])
+
+
+def _add_group(metadata):
+    meta = json.loads(metadata["advtrain"])
+    meta["optimizer"]["param_groups"].append({**meta["optimizer"]["param_groups"][0], "params": []})
+    metadata["advtrain"] = json.dumps(meta)
 
 
 def test_optimizer_state_of_the_wrong_shape_names_the_tensor(arena):

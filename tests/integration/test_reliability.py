@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from advtrain.errors import UserError
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.io.run_folder import RunFolder
+from advtrain.selection import Coreset
 
 # Long enough epochs (≈0.5-1 s each on 2 cores) that a kill lands inside one.
 SLOW = ["data.n_train=1200", "data.batch_size=8", "schedule.epochs=3", "eval.every=0", "eval.n_examples=8",
@@ -91,8 +92,8 @@ def test_divergence_stops_with_a_hint_and_keeps_a_finite_checkpoint(cli, tiny_re
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.safetensors"
-    state = ckpt_io.TrainingState(model={"w": torch.ones(3)}, optimizer=None, epoch=0, step=1, recipe_yaml="a: 1\n",
-                                  model_name="m", num_classes=2, in_chans=1)
+    state = ckpt_io.TrainingState(model={"w": torch.ones(3)}, optimizer=None, recipe_yaml="a: 1\n", model_name="m",
+                                  num_classes=2, in_chans=1, run=ckpt_io.RunState(epoch=1, step=1))
     ckpt_io.save(path, state)
     before = path.read_bytes()
 
@@ -100,7 +101,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_io, "save_file", disk_full)
-    state.epoch = 1
+    state.run.epoch = 2
     with pytest.raises(UserError, match="previous file, if any, is intact"):
         ckpt_io.save(path, state)
     assert path.read_bytes() == before
@@ -112,10 +113,10 @@ def test_checkpoint_round_trip(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    state = ckpt_io.TrainingState(model=model.state_dict(), optimizer=opt.state_dict(), epoch=4, step=20,
-                                  recipe_yaml="name: x\n", model_name="lin", num_classes=2, in_chans=3,
-                                  best_metric=0.5, best_epoch=3, coreset_indices=torch.tensor([1, 5]),
-                                  coreset_weights=torch.tensor([2.0, 3.0]), coreset_epoch=2)
+    run = ckpt_io.RunState(epoch=5, step=20, best_metric=0.5, best_epoch=3,
+                           coreset=Coreset(torch.tensor([1, 5]), torch.tensor([2.0, 3.0]), epoch=2))
+    state = ckpt_io.TrainingState(model=model.state_dict(), optimizer=opt.state_dict(), recipe_yaml="name: x\n",
+                                  model_name="lin", num_classes=2, in_chans=3, run=run)
     ckpt_io.save(tmp_path / "c.safetensors", state)
     ckpt = ckpt_io.load(tmp_path / "c.safetensors")
     assert ckpt.meta["epoch"] == 4 and ckpt.meta["model_name"] == "lin" and ckpt.recipe_yaml == "name: x\n"

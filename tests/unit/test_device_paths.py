@@ -113,13 +113,13 @@ def test_fp16_grad_scaler_branch_trains_and_round_trips_its_state(device, tmp_pa
     recipe = validate(tiny_recipe(tmp_path, device))
     trainer = Trainer(recipe, SilentReporter())
     trainer.amp_dtype = torch.float16  # precision=fp16 is refused off CUDA; drive the branch directly
-    trainer.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, growth_interval=1)
+    trainer.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, growth_interval=1, enabled=True)
     stats = trainer.train_epoch(0, "full")
     assert stats["samples"] == 64 and stats["train_loss"] == stats["train_loss"]
     scale = trainer.scaler.get_scale()
     assert scale != 2.0**10  # it grew after finite steps (growth_interval=1) or backed off on overflow
     path = tmp_path / "ck.safetensors"
-    ckpt_io.save(path, trainer.state())
+    ckpt_io.save(path, trainer.snapshot())
     fresh = Trainer(recipe, SilentReporter())
     fresh.scaler = torch.amp.GradScaler(device.type)
     fresh.load(path, force=True)

@@ -130,3 +130,16 @@ def test_validation_refuses_attack_keys_the_objective_ignores():
     assert recipe.resolved["attack"]["restarts"] == 1
     assert recipe_from_yaml_text(recipe.to_yaml(), "stored").components["attack"].name == "pgd"
     load_recipe(tiny, ["objective=adversarial", "attack.restarts=3", "attack.loss=margin"])
+
+
+def test_every_registered_objective_is_an_objective():
+    """The Objective protocol is the contract: every registry entry, built with an attack it takes, satisfies it."""
+    from advtrain.attacks import ATTACKS
+    from advtrain.objectives import OBJECTIVES, Objective
+
+    for entry in OBJECTIVES.entries():
+        allowed = entry.constructor.attacks
+        attack = ATTACKS.get(allowed[0]).build(ATTACKS.get(allowed[0]).default_params()) if allowed else None
+        built = entry.build(entry.default_params() if entry.params else None, attack=attack)
+        assert isinstance(built, Objective), entry.name
+        assert isinstance(entry.constructor.attack_keys, dict) and isinstance(entry.constructor.ignores_because, str)

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from torch import nn
 
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.io.run_files import RunFiles, write_coreset_npz
+from advtrain.io.run_records import MetricsLine
 from advtrain.runtime import distributed
 from advtrain.runtime.interrupts import StopRequest
 from advtrain.train import overfit
@@ -24,16 +26,28 @@ from advtrain.train.progress import EpochProgress
 from advtrain.train.step_monitor import StepMonitor
 
 
-def _state(**kw) -> ckpt_io.TrainingState:
-    return ckpt_io.TrainingState(model={"w": torch.ones(3)}, optimizer=None, epoch=0, step=5, recipe_yaml="a: 1\n",
-                                 model_name="m", num_classes=2, in_chans=1, **kw)
+def _state(in_epoch: EpochProgress | None = None) -> ckpt_io.TrainingState:
+    run = ckpt_io.RunState(epoch=1 if in_epoch is None else in_epoch.epoch, step=5, in_epoch=in_epoch)
+    return ckpt_io.TrainingState(model={"w": torch.ones(3)}, optimizer=None, recipe_yaml="a: 1\n", model_name="m",
+                                 num_classes=2, in_chans=1, run=run)
+
+
+def _rewrite_meta(path, **changes) -> None:
+    """Rewrite a checkpoint's ``advtrain`` metadata in place (an older writer's form, or a crafted one)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata())
+    metadata["advtrain"] = json.dumps({**json.loads(metadata["advtrain"]), **changes})
+    save_file(tensors, str(path), metadata=metadata)
 
 
 # ------------------------------------------------------------------------------ resume state
 def test_epoch_progress_round_trips_through_a_checkpoint(tmp_path):
     selection = {"attack_s": 0.5, "features_s": 0.25, "solver_s": 0.125, "total_s": 0.875, "size": 40}
     progress = EpochProgress(epoch=3, batch=7, loss_sum=12.345678901234567, correct=40, seen=56, selection=selection)
-    ckpt_io.save(tmp_path / "last.safetensors", _state(extra=progress.to_extra()))
+    ckpt_io.save(tmp_path / "last.safetensors", _state(progress))
     ckpt = ckpt_io.load(tmp_path / "last.safetensors")  # the metadata validator accepts it
     assert EpochProgress.from_extra(ckpt.meta["extra"]) == progress
     # the on-disk form is the one earlier advtrain versions wrote and read
@@ -44,7 +58,8 @@ def test_epoch_progress_round_trips_through_a_checkpoint(tmp_path):
 def test_epoch_progress_reads_older_checkpoints(tmp_path):
     # a divergence before the first statistics read used to save only the selection
     old = {"in_epoch": {"epoch": 2, "batch": 0, "partial": {"selection": None}}}
-    ckpt_io.save(tmp_path / "old.safetensors", _state(extra=old))
+    ckpt_io.save(tmp_path / "old.safetensors", _state())
+    _rewrite_meta(tmp_path / "old.safetensors", extra=old)
     progress = EpochProgress.from_extra(ckpt_io.load(tmp_path / "old.safetensors").meta["extra"])
     assert progress == EpochProgress(epoch=2, batch=0)
     assert EpochProgress.from_extra({}) is None and EpochProgress.from_extra(None) is None
@@ -211,6 +226,239 @@ def test_a_collapse_on_a_data_parallel_rank_other_than_0_stops_without_building_
     recipe = load_recipe(str(tiny_recipe), [f"output.dir={tmp_path / 'run'}"])
     trainer = Trainer(recipe, SilentReporter())
     trainer.dist = distributed.DistContext(rank=1, world=2)
-    trainer.probe_best = None
-    trainer._revert_after_collapse(0, {"epoch": 0, "overfit_probe_pgd5": 0.1})
+    assert trainer.probe_best is None  # no probe in the metrics yet
+    trainer._revert_after_collapse(0, MetricsLine(0, "full", overfit_probe_pgd5=0.1))
     assert trainer.stopped_early
+
+
+# ------------------------------------------------------------------------------ the run state
+def _trainer(tiny_recipe, tmp_path, *overrides):
+    from advtrain.config.load import load_recipe
+    from advtrain.train.loop import Trainer
+    from advtrain.ui.console import SilentReporter
+
+    return Trainer(load_recipe(str(tiny_recipe), [f"output.dir={tmp_path / 'run'}", *overrides]), SilentReporter())
+
+
+def test_trainer_holds_at_most_15_attributes(tiny_recipe, tmp_path):
+    """Setting, components, state: the run state lives in one RunState, not in a dozen attributes (was 31)."""
+    trainer = _trainer(tiny_recipe, tmp_path)
+    assert len(vars(trainer)) <= 15, sorted(vars(trainer))
+    assert not trainer.scaler.is_enabled()  # fp32: the step calls a pass-through scaler, never branches on it
+
+
+CORESET = ["selector=gradmatch", "selector.fraction=0.5", "selector.granularity=sample", "schedule.warm_start_epochs=1"]
+
+
+def _write_format_1(path, trainer, *, epoch, step, coreset, extra=None):
+    """A checkpoint as advtrain wrote it before RunState (format 1), written key by key from the raw format."""
+    import random
+
+    from safetensors.torch import save_file
+
+    opt = trainer.optimizer.state_dict()
+    tensors = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
+    tensors.update({f"optim.{pid}.{k}": v.clone() for pid, slots in opt["state"].items() for k, v in slots.items()})
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors.update({"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(keys.astype(np.int64)),
+                    "coreset.indices": coreset, "coreset.weights": torch.full((len(coreset),), 2.0)})
+    meta = {"format_version": 1, "advtrain_version": "0.1.0", "git": "abc1234", "kind": "last",
+            "model_name": "small_cnn", "num_classes": 4, "in_chans": 3, "epoch": epoch, "step": step,
+            "best_metric": 0.25, "best_epoch": 0, "coreset_epoch": 1, "scaler": None, "extra": extra or {},
+            "run_id": "f" * 32, "optimizer": {"param_groups": opt["param_groups"], "scalars": {}},
+            "rng": {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": random.getstate()}}
+    save_file(tensors, str(path), metadata={"advtrain": json.dumps(meta), "recipe": trainer.recipe.to_yaml(),
+                                            "model_name": "small_cnn", "advtrain_version": "0.1.0"})
+
+
+def test_a_format_1_checkpoint_of_the_previous_writer_resumes_into_the_run_state(tiny_recipe, tmp_path):
+    trainer = _trainer(tiny_recipe, tmp_path, *CORESET)
+    coreset = torch.arange(0, 72, 2)  # 36 of the 72 training samples: the recipe's budget
+    _write_format_1(tmp_path / "old.safetensors", trainer, epoch=1, step=10, coreset=coreset)
+    fresh = _trainer(tiny_recipe, tmp_path, *CORESET)
+    fresh.load(tmp_path / "old.safetensors", force=False)
+    state = fresh.state
+    assert (state.epoch, state.step, state.run_id, state.best_metric, state.best_epoch) == (2, 10, "f" * 32, 0.25, 0)
+    assert torch.equal(state.coreset.indices, coreset) and state.coreset.epoch == 1 and state.in_epoch is None
+    # saved again, it is the same format 1 metadata
+    ckpt_io.save(tmp_path / "new.safetensors", fresh.snapshot())
+    meta = ckpt_io.load(tmp_path / "new.safetensors").meta
+    assert (meta["epoch"], meta["step"], meta["coreset_epoch"], meta["scaler"], meta["extra"]) == (1, 10, 1, None, {})
+
+
+def test_a_format_1_mid_epoch_checkpoint_resumes_inside_its_epoch(tiny_recipe, tmp_path):
+    trainer = _trainer(tiny_recipe, tmp_path, *CORESET)
+    extra = {"in_epoch": {"epoch": 2, "batch": 3, "partial": {"loss_sum": 1.5, "correct": 4, "seen": 48,
+                                                              "selection": {"total_s": 0.5, "size": 36}}}}
+    _write_format_1(tmp_path / "old.safetensors", trainer, epoch=1, step=13, coreset=torch.arange(36), extra=extra)
+    trainer.load(tmp_path / "old.safetensors", force=False)
+    assert trainer.state.epoch == 2 and trainer.state.in_epoch == EpochProgress(2, 3, 1.5, 4, 48,
+                                                                                 {"total_s": 0.5, "size": 36})
+
+
+def test_resume_takes_the_recipes_optimizer_settings_and_refuses_others(tiny_recipe, tmp_path):
+    from advtrain.errors import CheckpointError
+
+    trainer = _trainer(tiny_recipe, tmp_path)
+    for group in trainer.optimizer.param_groups:
+        group["maximize"] = True  # a checkpoint trained by gradient ascent
+    ckpt_io.save(tmp_path / "ascent.safetensors", trainer.snapshot())
+    fresh = _trainer(tiny_recipe, tmp_path)
+    with pytest.raises(CheckpointError, match=r"param_groups\[0\]\.maximize: checkpoint True vs recipe False"):
+        fresh.load(tmp_path / "ascent.safetensors", force=False)
+    fresh.load(tmp_path / "ascent.safetensors", force=True)  # --force: the recipe's settings, not the checkpoint's
+    assert all(group["maximize"] is False for group in fresh.optimizer.param_groups)
+
+
+@pytest.mark.parametrize("granularity, per_class, expected", [
+    ("sample", False, (36, 36)), ("batch", False, (36, 68)), ("batch", True, (36, 72))])
+def test_coreset_size_bounds_follow_the_selector_budget(granularity, per_class, expected):
+    from types import SimpleNamespace
+
+    from advtrain.train.budget import coreset_size_bounds
+
+    params = SimpleNamespace(fraction=0.5, granularity=granularity, per_class=per_class, batch_size=None)
+    assert coreset_size_bounds(params, torch.arange(72) % 4, 16) == expected
+    assert coreset_size_bounds(SimpleNamespace(), torch.arange(72), 16) is None  # selector=full: no budget
+
+
+def test_coreset_size_bounds_hold_for_real_selections():
+    """Every selector, both granularities, per class or not: the coreset it makes lies within the bounds."""
+    from advtrain.selection import SELECTORS
+    from advtrain.train.budget import coreset_size_bounds
+
+    labels = torch.arange(90) % 3
+    features = torch.randn(90, 6, generator=torch.Generator().manual_seed(0))
+    for name in ("random", "craig", "gradmatch"):
+        for granularity in ("sample", "batch"):
+            for per_class in (False, True):
+                entry = SELECTORS.get(name)
+                params = entry.params(fraction=0.3, granularity=granularity, per_class=per_class)
+                coreset = entry.build(params)(features, labels, generator=torch.Generator().manual_seed(1),
+                                              batch_size=8)
+                lo, hi = coreset_size_bounds(params, labels, 8)
+                assert lo <= len(coreset) <= hi, (name, granularity, per_class, len(coreset))
+                assert len(torch.unique(coreset.indices)) == len(coreset)
+
+
+# ------------------------------------------------------------------------------ train.compile
+@pytest.mark.parametrize("setting, device, wanted", [
+    ("auto", "cpu", False), ("auto", "cuda", True), (True, "cpu", True), (False, "cuda", False)])
+def test_compile_auto_is_on_for_cuda_only(setting, device, wanted):
+    from advtrain.train.compiled import compile_message, compile_wanted
+
+    assert compile_wanted(setting, torch.device(device)) is wanted
+    assert (compile_message(setting, torch.device(device)) is not None) is wanted
+
+
+def test_a_failed_compilation_falls_back_to_eager_once_with_a_message(tiny_recipe, tmp_path, monkeypatch):
+    """Forced on a CPU: torch.compile gives a module whose first call fails as a backend would."""
+    from advtrain.config.load import load_recipe
+    from advtrain.train.compiled import CompiledModel
+    from advtrain.train.loop import Trainer
+
+    class BrokenBackend(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            raise RuntimeError("backend compiler failed: no C++ compiler\ndetails")
+
+    broken = {}
+    monkeypatch.setattr(torch, "compile", lambda model: broken.setdefault("module", BrokenBackend(model)))
+    messages = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: messages.append(args[0]) if name == "message" else None
+
+    recipe = load_recipe(str(tiny_recipe), [f"output.dir={tmp_path / 'run'}", "train.compile=true"])
+    trainer = Trainer(recipe, Recorder())
+    assert isinstance(trainer.train_model, CompiledModel)
+    stats = trainer.train_epoch(0, "full")
+    assert stats["samples"] == 72 and stats["train_loss"] == stats["train_loss"]
+    assert broken["module"].calls == 1  # given up at the first call, never tried again
+    assert trainer.train_model.fallback == "RuntimeError: backend compiler failed: no C++ compiler"
+    assert trainer.train_model.warmup_s is None
+    assert [m for m in messages if "torch.compile failed" in m] == [
+        "torch.compile failed at its first call (RuntimeError: backend compiler failed: no C++ compiler); training "
+        "continues eagerly (set train.compile=false to skip compiling)"]
+    assert any(m.startswith("train.compile=true: compiling the model") for m in messages)
+
+
+def test_the_fallback_trains_exactly_as_eager(tiny_recipe, tmp_path, monkeypatch):
+    losses = []
+    for compiled in (False, True):
+        if compiled:
+            monkeypatch.setattr(torch, "compile", lambda model: _Failing())
+        trainer = _trainer(tiny_recipe, tmp_path / str(compiled), f"train.compile={str(compiled).lower()}")
+        losses.append(trainer.train_epoch(0, "full")["train_loss"])
+    assert losses[0] == losses[1]  # the same computation, bit for bit
+
+
+class _Failing(nn.Module):
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("inductor: lowering failed")
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), ("true", True), ("false", True), ("maybe", False),
+                                       ("2", False), ("[1]", False)])
+def test_train_compile_accepts_true_false_auto(tiny_recipe, value, ok):
+    from advtrain.config.load import load_recipe
+    from advtrain.errors import RecipeError
+
+    if ok:
+        assert load_recipe(str(tiny_recipe), [f"train.compile={value}"]).train.compile == \
+            {"auto": "auto", "true": True, "false": False}[value]
+    else:
+        with pytest.raises(RecipeError, match="train.compile"):
+            load_recipe(str(tiny_recipe), [f"train.compile={value}"])
+
+
+# ------------------------------------------------------------------------------ typed records
+def test_a_metrics_line_is_written_as_before_and_reads_back():
+    """Keys an epoch did not measure stay out of the line (not null), as metrics.jsonl always had them."""
+    skipped = MetricsLine(3, "skip", lr=0.01, epoch_time=0.5)
+    assert set(skipped.to_json()) == {"epoch", "phase", "train_loss", "train_acc", "samples", "lr", "coreset_size",
+                                      "selection", "epoch_time"}
+    line = {"epoch": 4, "phase": "coreset", "train_loss": 1.25, "train_acc": 0.5, "samples": 36, "train_time": 2.0,
+            "lr": 0.1, "coreset_size": 36, "selection": {"total_s": 1.0, "size": 36}, "eval_time": 0.25,
+            "val": {"clean": 0.5, "pgd3": 0.25}, "epoch_time": 3.5}
+    assert MetricsLine.from_json(line).to_json() == line
+    assert MetricsLine.from_json({**line, "from_a_newer_version": 1}).to_json() == line
+
+
+def test_the_run_report_is_made_from_values(tiny_recipe):
+    from advtrain.config.load import load_recipe
+    from advtrain.reports.run import run_report
+    from advtrain.train.loop import RunResult
+
+    recipe = load_recipe(str(tiny_recipe), [])
+    lines = [MetricsLine(0, "full", train_time=4.0, epoch_time=5.0, val={"clean": 0.5, "pgd3": 0.25}),
+             MetricsLine(1, "full", train_time=4.0, epoch_time=5.0, compile_warmup_s=1.5)]
+    result = RunResult(Path("runs/tiny"), 2, 11.0, {"clean": 0.5, "pgd3": 0.25}, None, 0.25, 0, lines,
+                       compile={"setting": "auto", "compiled": True, "warmup_s": 1.5, "fallback": None})
+    report = run_report(recipe, result, model_name="small_cnn", eval_attacks=[])
+    assert (report.model, report.epochs_run, report.train_seconds, report.best_epoch) == ("small_cnn", 2, 10.0, 1)
+    assert report.compile["warmup_s"] == 1.5 and report.to_json()["recipe"] == recipe.resolved
+
+
+def test_load_reads_only_the_bookkeeping_tensors_and_a_wrong_model_tensor_is_never_read(tmp_path, monkeypatch):
+    """Model and optimizer tensors are read only once their headers fit the model: nothing is allocated before."""
+    model = nn.Linear(3, 2)
+    state = ckpt_io.TrainingState(model=model.state_dict(), optimizer=None, recipe_yaml="a: 1\n", model_name="m",
+                                  num_classes=2, in_chans=1)
+    ckpt_io.save(tmp_path / "c.safetensors", state)
+    read = []
+    real = ckpt_io.Checkpoint.section
+    monkeypatch.setattr(ckpt_io.Checkpoint, "section", lambda self, prefix: read.append(prefix) or real(self, prefix))
+    ckpt = ckpt_io.load(tmp_path / "c.safetensors")
+    assert read == ["rng", "coreset"] and ckpt.headers["model.weight"] == (torch.float32, (2, 3))
+    wide = nn.Linear(4, 2)
+    wide.model_name, wide.num_classes = "m", 2
+    with pytest.raises(ckpt_io.CheckpointError, match=r"tensor 'model.weight' is float32 of shape \(2, 3\) in the "
+                                                      r"checkpoint but model 'm' expects float32 of shape \(2, 4\)"):
+        ckpt_io.load_model_weights(ckpt, wide)
+    assert read == ["rng", "coreset"]  # refused from the header
