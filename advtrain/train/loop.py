@@ -234,10 +234,10 @@ class Trainer:
         """Validate when due (tracking the best model), then the overfitting guard; True: training collapsed."""
         if self._eval_due(epoch) and self.dist.is_main:
             eval_start = time.perf_counter()
-            val = self.validate().summary()
+            result = self.validate()
             record["eval_time"] = time.perf_counter() - eval_start
-            record["val"] = val
-            self._track_best(val, epoch)
+            record["val"] = result.summary()
+            self._track_best(result.headline, epoch)
         return self._overfit_guard(phase, record)
 
     def _save(self, epoch: int, record: dict[str, Any], collapsed: bool) -> bool:
@@ -461,9 +461,7 @@ class Trainer:
         split = self.data.val if self.recipe.eval.split == "val" and len(self.data.val) else self.data.test
         return self.evaluate_split(split)
 
-    def _track_best(self, val: dict[str, float], epoch: int) -> None:
-        robust = [v for k, v in val.items() if k != "clean"]
-        metric = robust[0] if robust else val["clean"]
+    def _track_best(self, metric: float, epoch: int) -> None:
         if self.best_metric is None or metric > self.best_metric:
             self.best_metric, self.best_epoch = metric, epoch
             self._new_best = True
