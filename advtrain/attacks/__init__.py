@@ -18,8 +18,8 @@ from advtrain.attacks.fgsm import FGSMParams, build_fgsm, fgsm
 from advtrain.attacks.losses import cross_entropy, kl_per_sample, margin_loss
 from advtrain.attacks.pgd import PGDParams, build_pgd, pgd
 from advtrain.attacks.presets import EvalAttack, list_eval_presets, resolve_eval_attack, resolve_eval_attacks
-from advtrain.attacks.trades_kl import TradesKLParams, build_trades_kl, trades_kl
 from advtrain.attacks.threat import Threat
+from advtrain.attacks.trades_kl import TradesKLParams, build_trades_kl, trades_kl
 from advtrain.params import parse_number
 from advtrain.registry import Registry
 

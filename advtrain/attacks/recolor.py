@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks._common import attack_mode
+from advtrain.attacks.budget import STEPS
 from advtrain.attacks.losses import LossFn, margin_loss
 from advtrain.attacks.stadv import SMOOTHNESS_EPS, adam_attack
-from advtrain.attacks.budget import STEPS
 from advtrain.attacks.threat import Threat
 from advtrain.params import param
 

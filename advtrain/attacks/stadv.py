@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode
-from advtrain.attacks.losses import LossFn, check_per_sample, margin_loss
 from advtrain.attacks.budget import STEPS
+from advtrain.attacks.losses import LossFn, check_per_sample, margin_loss
 from advtrain.attacks.threat import Threat
 from advtrain.params import param
 

@@ -195,3 +195,55 @@ def test_eval_checks_the_stored_recipe_and_its_data_overrides_like_validate(cli,
     code, out = cli("eval", tiny_checkpoint, "--attack", "clean", "--data", "image_size=1")
     assert code == 2 and "model 'small_cnn' cannot take the data's 3×1×1 images" in out
     assert len(checked) == 2
+
+
+# --- evaluation results are kept (issue 25 item 5) ----------------------------------------------------
+
+def test_each_eval_keeps_its_own_report(cli, tiny_checkpoint, tmp_path):
+    code, out = cli("eval", tiny_checkpoint, "--attack", "pgd2", "--n-examples", "8")
+    assert code == 0, out
+    [first] = reports(tmp_path)
+    assert first.name == "pgd2_eps8-255" and "earlier evaluations are kept" in out
+    kept = {name: (first / name).read_bytes() for name in ("report.json", "report.md", "robust_vs_eps.png")}
+    code, out = cli("eval", tiny_checkpoint, "--attack", "pgd2", "--n-examples", "16")  # the same name again
+    assert code == 0, out
+    code, out = cli("eval", tiny_checkpoint, "--attack", "pgd2", "--eps", "4/255", "--n-examples", "8")
+    assert code == 0, out
+    folders = reports(tmp_path)
+    assert [f.name for f in folders] == ["pgd2_eps8-255", "pgd2_eps8-255-2", "pgd2_eps4-255"]
+    assert {name: (first / name).read_bytes() for name in kept} == kept  # the first report is untouched
+    assert json.loads((folders[1] / "report.json").read_text())["n_examples"] == 16
+    # compare reads every kept evaluation of a run (the largest n per attack)
+    from advtrain.reports.compare import load_run
+
+    assert load_run(tmp_path / "runs/tiny").n_examples["pgd2"] == 16
+
+
+def _npz_recipe(tmp_path: Path) -> list[str]:
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "data" / "small.npz", train_x=g.integers(0, 255, (48, 8, 8, 3), dtype=np.uint8),
+             train_y=np.arange(48) % 4, test_x=g.integers(0, 255, (16, 8, 8, 3), dtype=np.uint8),
+             test_y=np.arange(16) % 4)
+    return ["data=arrays", "data.path=data/small.npz", "data.batch_size=16", "data.augment=none",
+            "data.val_fraction=0.25"]
+
+
+def test_eval_from_another_folder_finds_the_runs_relative_data(cli, tiny_recipe, tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    code, out = cli("run", tiny_recipe, *_npz_recipe(tmp_path), "schedule.epochs=1",
+                    "train.max_steps_per_epoch=2")
+    assert code == 0, out
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # data/small.npz does not exist from here
+    code, out = cli("eval", tmp_path / "runs/tiny/best.safetensors", "--attack", "fgsm", "--n-examples", "8")
+    assert code == 0, out
+    assert json.loads((only_report(tmp_path) / "report.json").read_text())["n_examples"] == 8
+    # a moved run folder: its origin is unknown, so the message names the key and how to point at the data
+    (tmp_path / "runs/tiny").rename(tmp_path / "moved")
+    code, out = cli("eval", tmp_path / "moved/best.safetensors", "--attack", "fgsm", "--n-examples", "8")
+    assert code == 2 and "Traceback" not in out
+    assert "data.path='data/small.npz'" in out and "--data path=/path/to/it" in out
+    code, out = cli("eval", tmp_path / "moved/best.safetensors", "--attack", "fgsm", "--n-examples", "8",
+                    "--data", f"path={tmp_path / 'data/small.npz'}")
+    assert code == 0, out

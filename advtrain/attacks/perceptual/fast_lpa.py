@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.bound import BoundAttack
-from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, build_distance
 from advtrain.attacks.budget import STEPS
+from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, build_distance
 from advtrain.attacks.threat import Threat
 from advtrain.params import param
 

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view
+from advtrain.attacks.budget import ROUNDS, STEPS
 from advtrain.attacks.losses import margin_loss
 from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, build_distance
 from advtrain.attacks.perceptual.projection import offer_final, project_lpips
-from advtrain.attacks.budget import ROUNDS, STEPS
 from advtrain.attacks.threat import Threat
 from advtrain.params import param
 
