@@ -8,7 +8,7 @@ it to a folder of its own (earlier reports are never replaced) and print it.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
@@ -163,8 +163,6 @@ def _path_keys(dataset: object) -> list[str]:
     params = DATASETS.get(dataset).params
     if params is None:
         return []
-    import dataclasses
-
     return [f.name for f in dataclasses.fields(params) if f.metadata.get("path")]
 
 
@@ -177,53 +175,53 @@ def _relative_paths(stored: dict[str, Any]) -> dict[str, str]:
             and value and not value.startswith("~") and "\0" not in value and not Path(value).is_absolute()}
 
 
-def data_relocation(checkpoint: Path) -> Any:
+class DataRelocation:
     """A hook for the stored recipe: its relative data paths, resolved from the folder the run was made in.
 
     Data paths in a recipe are relative to where ``advtrain run`` was started; ``advtrain eval`` may
     run elsewhere. Where that folder follows from the checkpoint's place (:func:`run_origin`) and
     the path exists from there, the path is made absolute; otherwise it is left as written (relative
-    to this folder) and a missing dataset says how to point at it (``--data path=...``).
+    to this folder) and :meth:`hint` says how to point at the data (``--data path=...``).
     """
-    def relocate(stored: dict[str, Any]) -> dict[str, Any]:
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
+        self.origin: Path | None = None
+        self.relative: dict[str, str] = {}
+
+    def __call__(self, stored: dict[str, Any]) -> dict[str, Any]:
         output = stored.get("output")
-        origin = run_origin(checkpoint, output.get("dir") if isinstance(output, dict) else None)
-        if origin is None:
+        self.origin = run_origin(self.checkpoint, output.get("dir") if isinstance(output, dict) else None)
+        self.relative = _relative_paths(stored)
+        if self.origin is None:
             return stored
-        moved = {key: str(origin / value) for key, value in _relative_paths(stored).items()
-                 if (origin / value).exists()}
+        moved = {key: str(self.origin / value) for key, value in self.relative.items()
+                 if (self.origin / value).exists()}
         return {**stored, "data": {**stored["data"], **moved}} if moved else stored
 
-    return relocate
-
-
-def _missing_data_hint(err: DataError, checkpoint: Path, stored_yaml: str) -> DataError:
-    import yaml
-
-    try:
-        stored = yaml.safe_load(stored_yaml) if len(stored_yaml) < 1_000_000 else None
-    except yaml.YAMLError:
-        stored = None
-    relative = _relative_paths(stored) if isinstance(stored, dict) else {}
-    if not relative:
-        return err
-    keys = ", ".join(f"data.{k}='{v}'" for k, v in relative.items())
-    first = next(iter(relative))
-    return DataError(f"{err}\nThe checkpoint's recipe gives {keys}, relative to the folder its run was made in; "
-                     f"that folder could not be found from {checkpoint} (the run folder was moved, or its output.dir "
-                     f"is absolute) and the path does not exist from here ({os.getcwd()}). Point at the data: "
-                     f"advtrain eval {checkpoint} --data {first}=/path/to/it")
+    def hint(self, err: DataError) -> DataError:
+        """``err`` with the way out when a relative data path of the stored recipe was not found."""
+        if not self.relative:
+            return err
+        keys = ", ".join(f"data.{k}='{v}'" for k, v in self.relative.items())
+        where = (f"the folder the run was made in ({self.origin}) does not hold it either" if self.origin else
+                 f"the folder the run was made in cannot be told from {self.checkpoint} (the run folder was "
+                 f"moved, or its output.dir is absolute)")
+        return DataError(f"{err}\nThe checkpoint's recipe gives {keys}, relative to the folder its run was made "
+                         f"in; {where}, and it does not exist from here ({Path.cwd()}). Point at the data: "
+                         f"advtrain eval {self.checkpoint} --data {next(iter(self.relative))}=/path/to/it")
 
 
 def checkpoint_subject(path: Path, data_overrides: list[str], device: torch.device) -> Subject:
     """A checkpoint advtrain wrote, its stored recipe validated like a recipe file, weights loaded, eval mode."""
     ckpt = ckpt_io.load(path)
+    relocation = DataRelocation(path)
     try:
         recipe = recipe_from_yaml_text(ckpt.recipe_yaml, source=f"{path} (stored recipe)",
-                                       data_overrides=data_overrides, relocate=data_relocation(path))
+                                       data_overrides=data_overrides, relocate=relocation)
         built = build.build_evaluation(recipe, ckpt, device)
     except DataError as err:
-        raise _missing_data_hint(err, path, ckpt.recipe_yaml) from None
+        raise relocation.hint(err) from None
     objective, attack = recipe.components["objective"], recipe.components["attack"]
     lp, lpips, trained = checkpoint_balls(objective.name if objective else None, attack.name if attack else None,
                                           attack.params if attack else None, recipe.eval.eps)
