@@ -235,7 +235,7 @@ def load_model_from_checkpoint(path: Path, data_overrides: list[str],
     """(checkpoint, recipe, data, model) with the checkpoint's weights loaded, in eval mode (for the Python API)."""
     ckpt = ckpt_io.load(path)
     recipe = recipe_from_yaml_text(ckpt.recipe_yaml, source=f"{path} (stored recipe)", data_overrides=data_overrides,
-                                   relocate=data_relocation(path))
+                                   relocate=DataRelocation(path))
     built = build.build_evaluation(recipe, ckpt, device)
     return ckpt, recipe, built.data, built.model
 
