@@ -111,13 +111,13 @@ def eval_cmd(
                                         "bounds: name@bound)"),
     alpha: str | None = typer.Option(None, "--alpha",
                                      help="step size, e.g. 1/255 (default: max(ε/4, 2.5·ε/steps))"),
-    steps: int | None = typer.Option(None, "--steps", min=1, max=10_000,
-                                     help="attack steps; with aa a NON-STANDARD reduced budget"),
-    restarts: int | None = typer.Option(None, "--restarts", min=1, max=1000),
+    steps: int | None = typer.Option(None, "--steps",
+                                     help="attack steps (1..10000, as in names); with aa a NON-STANDARD budget"),
+    restarts: int | None = typer.Option(None, "--restarts", help="restarts (1..1000, as in names)"),
     eps_sweep: str | None = typer.Option(None, "--eps-sweep", help="comma list of ε, e.g. 0,2/255,4/255,8/255"),
     split: str = typer.Option("test", "--split", help="test or val"),
     data: list[str] | None = typer.Option(None, "--data", help="data.* override, e.g. --data path=c10.npz"),
-    out: Path | None = typer.Option(None, "--out", help="report folder (default: <run>/eval)"),
+    out: Path | None = typer.Option(None, "--out", help="report folder (default: a new <run>/eval/<attacks>_eps<ε>)"),
     device: str | None = typer.Option(None, "--device"),
     seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="seed for random starts"),
     threads: str | None = typer.Option(None, "--threads", help="CPU threads for torch: auto or N (default: "
@@ -135,7 +135,7 @@ def eval_cmd(
     model_card: Path | None = typer.Option(None, "--model-card", help="YAML with model/threat/data sections for "
                                            "an external model (flags override it); see the README"),
 ) -> None:
-    """Evaluate a checkpoint under standard attacks; write eval/report.{json,md} and a plot."""
+    """Evaluate a checkpoint under standard attacks; write eval/<attacks>_eps<ε>/report.{json,md} and a plot."""
     from advtrain.commands.evaluate import run_eval
     from advtrain.runtime.interrupts import on_signals
 
@@ -149,7 +149,7 @@ def eval_cmd(
         raise UserError("--threat, --mean, --std and --num-classes describe a model advtrain did not train: give "
                         "--arch timm:NAME (or torchvision:NAME) or --model-card too. An advtrain checkpoint "
                         "records all of them itself.")
-    names = [n.strip() for a in (attack or ["clean", "pgd20"]) for n in a.split(",") if n.strip()]
+    names = [n.strip() for a in (attack or ["pgd20"]) for n in a.split(",") if n.strip()]
     with on_signals(_eval_interrupted):
         run_eval(checkpoint, names, n_examples=n_examples, batch_size=batch_size, eps=eps, alpha=alpha,
                  steps=steps, restarts=restarts, eps_sweep=eps_sweep, split=split, data_overrides=data or [],

@@ -9,12 +9,18 @@ eval mode during the attack (restored after), gradients w.r.t. the input only, r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
 from advtrain.attacks.bound import BoundAttack
 from advtrain.attacks.fgsm import FGSMParams, build_fgsm, fgsm
 from advtrain.attacks.losses import cross_entropy, kl_per_sample, margin_loss
 from advtrain.attacks.pgd import PGDParams, build_pgd, pgd
 from advtrain.attacks.presets import EvalAttack, list_eval_presets, resolve_eval_attack, resolve_eval_attacks
+from advtrain.attacks.threat import Threat
 from advtrain.attacks.trades_kl import TradesKLParams, build_trades_kl, trades_kl
+from advtrain.params import parse_number
 from advtrain.registry import Registry
 
 ATTACKS = Registry("attack")
@@ -28,6 +34,7 @@ __all__ = [
     "EvalAttack",
     "FGSMParams",
     "PGDParams",
+    "Threat",
     "TradesKLParams",
     "cross_entropy",
     "fgsm",
@@ -37,6 +44,7 @@ __all__ = [
     "pgd",
     "resolve_eval_attack",
     "resolve_eval_attacks",
+    "section_threat",
     "trades_kl",
 ]
 
@@ -44,3 +52,21 @@ __all__ = [
 from advtrain.attacks.perceptual.fast_lpa import FastLPAParams, build_fast_lpa  # noqa: E402
 
 ATTACKS.add("fast_lpa", build_fast_lpa, FastLPAParams)
+
+
+def section_threat(section: Any) -> Threat | None:
+    """The threat of a recipe's ``attack`` section as a run's ``recipe.yaml`` stores it (plain values).
+
+    None for no section, an unknown attack or values that do not make its params (a damaged file):
+    for readers of finished runs (``advtrain compare``), which must not fail on what they only compare.
+    """
+    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str) or section["name"] not in ATTACKS:
+        return None
+    params = ATTACKS.get(section["name"]).params
+    if params is None:
+        return None
+    try:
+        values = {f.name: parse_number(section[f.name]) for f in fields(params) if f.name in section}
+        return params(**values).threat()
+    except (TypeError, ValueError, OverflowError):
+        return None

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from advtrain.attacks.bound import BoundAttack
 from advtrain.attacks.losses import LossFn
 from advtrain.attacks.pgd import PGDParams, pgd
+from advtrain.attacks.threat import Threat
 from advtrain.params import param
 
 
@@ -29,6 +30,9 @@ class FGSMParams:
     random_start: bool = param(True, help="FGSM-RS: start uniformly in the ε-ball (needed against "
                                           "catastrophic overfitting)")
     norm: str = param("linf", choices=("linf",), help="threat model (ℓ∞ only)")
+
+    def threat(self) -> Threat:
+        return Threat("linf", float(self.eps))
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, params: FGSMParams, *, loss_fn: LossFn | None = None,

@@ -17,7 +17,9 @@ from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, ascent_step, attack_mode, l2_norms, per_sample_view, project
 from advtrain.attacks.bound import BoundAttack
+from advtrain.attacks.budget import RESTARTS, STEPS
 from advtrain.attacks.losses import LOSSES, LossFn, check_per_sample
+from advtrain.attacks.threat import Threat
 from advtrain.params import param
 
 
@@ -28,7 +30,10 @@ class BallParams:
     norm: str = param("linf", choices=("linf", "l2"), help="threat model: ℓ∞ or ℓ2 ball")
     eps: float = param(8 / 255, ge=0, le=1000, help="radius of the ball in [0,1] pixel units (ℓ2: e.g. 0.5)")
     alpha: float = param(2 / 255, ge=0, le=1000, help="step size (ℓ∞: per pixel, on the sign; ℓ2: step length)")
-    steps: int = param(10, ge=0, le=10_000, help="number of gradient steps")
+    steps: int = STEPS.param(10, low=0, help="number of gradient steps")
+
+    def threat(self) -> Threat:
+        return Threat(self.norm, float(self.eps))
 
 
 @dataclass
@@ -36,7 +41,7 @@ class PGDParams(BallParams):
     """PGD attack: ε-ball, step size, steps, random start and restarts."""
 
     random_start: bool = param(True, help="start from a uniformly random point of the ball")
-    restarts: int = param(1, ge=1, le=1000, help="independent runs; each example keeps its worst case")
+    restarts: int = RESTARTS.param(1, help="independent runs; each example keeps its worst case")
     loss: str = param("ce", choices=("ce", "margin"), help="loss maximised: cross-entropy or CW margin")
 
 

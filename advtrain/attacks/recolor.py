@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks._common import attack_mode
+from advtrain.attacks.budget import STEPS
 from advtrain.attacks.losses import LossFn, margin_loss
 from advtrain.attacks.stadv import SMOOTHNESS_EPS, adam_attack
+from advtrain.attacks.threat import Threat
 from advtrain.params import param
 
 # sRGB (IEC 61966-2-1) linear RGB → XYZ, D65; its rows sum to the white point (Xn, Yn = 1, Zn).
@@ -53,11 +55,14 @@ class ReColorAdvParams:
     """ReColorAdv (evaluation): displacement bound, Adam steps and step size, grid and smoothness."""
 
     bound: float = param(0.06, gt=0, help="ℓ∞ bound on the colour displacement, normalised LUV units")
-    steps: int = param(100, ge=1, help="Adam steps")
+    steps: int = STEPS.param(100, help="Adam steps")
     lr: float = param(0.001, gt=0, help="Adam step size")
     smoothness: float = param(0.0036, ge=0, help="grid-smoothness penalty; its weight is smoothness/bound")
     resolution: list[int] = param([16, 32, 32], help="grid points along the L, u, v axes (colour images)")
     gray_resolution: int = param(32, ge=2, help="points of the intensity curve (grayscale images)")
+
+    def threat(self) -> Threat:
+        return Threat("color", float(self.bound))
 
 
 def _mix(matrix: Tensor, x: Tensor) -> Tensor:

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode
+from advtrain.attacks.budget import STEPS
 from advtrain.attacks.losses import LossFn, check_per_sample, margin_loss
+from advtrain.attacks.threat import Threat
 from advtrain.params import param
 
 SMOOTHNESS_EPS = 1e-10
@@ -32,9 +34,12 @@ class StAdvParams:
     """StAdv (evaluation): flow bound, Adam steps and step size, smoothness penalty."""
 
     bound: float = param(0.05, gt=0, help="ℓ∞ bound on each flow component, in grid_sample's [-1,1] coordinates")
-    steps: int = param(100, ge=1, help="Adam steps")
+    steps: int = STEPS.param(100, help="Adam steps")
     lr: float = param(0.01, gt=0, help="Adam step size")
     smoothness: float = param(0.0025, ge=0, help="flow-smoothness penalty; its weight is smoothness/bound")
+
+    def threat(self) -> Threat:
+        return Threat("flow", float(self.bound))
 
 
 def identity_grid(x: Tensor) -> Tensor:

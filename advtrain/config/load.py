@@ -11,6 +11,7 @@ facts), so whatever a recipe gets wrong is refused before anything is built.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -36,12 +37,13 @@ def load_recipe(path_or_name: str, overrides: list[str] | None = None) -> Recipe
     return recipe
 
 
-def recipe_from_yaml_text(text: str, source: str, data_overrides: list[str] | None = None) -> Recipe:
+def recipe_from_yaml_text(text: str, source: str, data_overrides: list[str] | None = None,
+                          relocate: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Recipe:
     """Validate a recipe stored as YAML text (e.g. inside a checkpoint's metadata) and check it against its data.
 
     Parsed as plain data (``yaml.safe_load``): no OmegaConf, no resolvers, no interpolation.
     ``data_overrides`` (``path=...`` or ``data.path=...``) point the stored data section elsewhere,
-    e.g. at this machine's copy of the dataset.
+    e.g. at this machine's copy of the dataset; ``relocate`` may rewrite the parsed mapping first.
     """
     if len(text) > MAX_STORED_RECIPE:
         raise RecipeError([f"stored recipe is {len(text)} characters; advtrain writes recipes of a few "
@@ -52,6 +54,8 @@ def recipe_from_yaml_text(text: str, source: str, data_overrides: list[str] | No
         raise RecipeError([f"stored recipe is not valid YAML: {str(err).splitlines()[0]}"], source) from None
     if not isinstance(data, dict):
         raise RecipeError(["stored recipe is not a mapping"], source)
+    if relocate is not None:  # e.g. relative data paths resolved from where the run was made
+        data = relocate(data)
     if data_overrides:
         data = apply_overrides(data, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides])
         source = f"{source} + --data"

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.attacks.eval_attack import EvalAttack
 from advtrain.runtime.modes import eval_mode
 
 
@@ -62,9 +63,12 @@ class EvalResult:
 
     def summary(self) -> dict[str, float]:
         """``{"clean": acc, "<attack>": acc, ...}`` for metrics and progress lines."""
-        out = {"clean": self.clean_acc}
-        out.update({a.name: a.robust_acc for a in self.attacks if a.name != "clean"})
-        return out
+        return {"clean": self.clean_acc, **{a.name: a.robust_acc for a in self.attacks}}
+
+    @property
+    def headline(self) -> float:
+        """The first attack's accuracy (clean accuracy without attacks): what "best" is chosen by."""
+        return self.attacks[0].robust_acc if self.attacks else self.clean_acc
 
 
 def _per_class(correct: Tensor, labels: Tensor, num_classes: int) -> list[float]:
@@ -86,7 +90,7 @@ def _no_progress(label: str, done: int, total: int) -> None:
 def evaluate(
     model: nn.Module,
     source: Any,
-    attacks: list[Any],
+    attacks: list[EvalAttack],
     *,
     n_examples: int,
     batch_size: int,
@@ -94,7 +98,7 @@ def evaluate(
     num_classes: int,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` on the first ``n_examples`` of ``source`` under each attack."""
+    """Evaluate ``model`` on the first ``n_examples`` of ``source``: clean accuracy, then each attack."""
     from advtrain.data import iterate_batches
 
     report = progress or _no_progress
@@ -103,7 +107,7 @@ def evaluate(
     indices = torch.arange(n)
     labels = source.labels[:n].clone()
     clean_correct = torch.zeros(n, dtype=torch.bool)
-    adv_correct = {a.name: torch.zeros(n, dtype=torch.bool) for a in attacks if a.name != "clean"}
+    adv_correct = {a.name: torch.zeros(n, dtype=torch.bool) for a in attacks}
     stage_correct: dict[str, dict[str, Tensor]] = {}
     seconds = {a.name: 0.0 for a in attacks}
 
@@ -122,8 +126,6 @@ def evaluate(
                 clean_correct[offset:offset + len(y)] = (model(x).argmax(1) == y).cpu()
             offset += len(y)
         for attack in attacks:
-            if attack.name == "clean":
-                continue
             t0 = time.perf_counter()
             if attack.stages():
                 stage_correct[attack.name] = _run_stages(model, attack, clean_correct, batches, report)
@@ -141,15 +143,14 @@ def evaluate(
             seconds[attack.name] += time.perf_counter() - t0
     results = []
     for attack in attacks:
-        correct = clean_correct if attack.name == "clean" else clean_correct & adv_correct[attack.name]
+        correct = clean_correct & adv_correct[attack.name]
         results.append(AttackResult(attack.name, attack.describe(), float(correct.float().mean()) if n else 0.0,
                                     _per_class(correct, labels, num_classes), seconds[attack.name], correct,
                                     stage_correct.get(attack.name, {})))
-    robust = [r.correct for r in results if r.name != "clean"]
-    union = _union_acc(clean_correct, robust) if robust else None
+    union = _union_acc(clean_correct, [r.correct for r in results]) if results else None
     groups: dict[str, list[Tensor]] = {}
     for attack, res in zip(attacks, results, strict=True):
-        if getattr(attack, "group", None):
+        if attack.group:
             groups.setdefault(attack.group, []).append(res.correct)
     return EvalResult(n, float(clean_correct.float().mean()) if n else 0.0,
                       _per_class(clean_correct, labels, num_classes), results, union,
@@ -158,7 +159,7 @@ def evaluate(
                       indices, clean_correct)
 
 
-def _run_stages(model: nn.Module, attack: Any, clean_correct: Tensor, batches: Callable[[Tensor], Any],
+def _run_stages(model: nn.Module, attack: EvalAttack, clean_correct: Tensor, batches: Callable[[Tensor], Any],
                 report: Progress) -> dict[str, Tensor]:
     """Each stage over the examples still robust; per stage, the robust examples after it."""
     robust = clean_correct.clone()

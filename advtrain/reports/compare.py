@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from advtrain.attacks import section_threat
 from advtrain.errors import UserError
 from advtrain.params import FractionError, parse_number
 from advtrain.reports.run import epoch_seconds, loop_seconds
@@ -32,8 +33,10 @@ __all__ = ["compare_runs", "epoch_seconds", "ideal_speedup", "load_run", "loop_s
 
 IGNORED_KEYS = ("seed", "name", "device", "precision", "output.", "eval.", "train.log_every",
                 "train.compile", "train.channels_last", "train.data_on_device", "data.num_workers")
+#: The training attack's threat model (metric and bound, from its params' ``threat()``), compared as one key.
+THREAT_KEY = "attack threat model"
 #: Keys that must agree: what is trained on, which network, which threat model.
-COMPARABLE_KEYS = ("data.", "model.", "objective.name", "attack.norm", "attack.eps")
+COMPARABLE_KEYS = ("data.", "model.", "objective.name", THREAT_KEY)
 #: Data keys that only change loading, not the dataset.
 LOADER_KEYS = ("data.batch_size", "data.num_workers", "data.augment")
 
@@ -96,7 +99,7 @@ def config_key(recipe: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def incompatibilities(recipes: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """Keys of dataset, model and threat model on which the runs disagree, each with its values."""
-    flats = [(path, flatten(r)) for path, r in recipes]
+    flats = [(path, {**flatten(r), THREAT_KEY: _threat_text(r)}) for path, r in recipes]
     keys = sorted({k for _, f in flats for k in f if _matches(k, COMPARABLE_KEYS) and not _matches(k, LOADER_KEYS)})
     problems = []
     for key in keys:
@@ -107,6 +110,11 @@ def incompatibilities(recipes: Sequence[tuple[str, dict[str, Any]]]) -> list[str
             seen = "; ".join(f"{v} in {', '.join(paths)}" for v, paths in values.items())
             problems.append(f"{key}: {seen}")
     return problems
+
+
+def _threat_text(recipe: dict[str, Any]) -> str | None:
+    threat = section_threat(recipe.get("attack"))
+    return None if threat is None else f"{threat.metric} {threat.bound:.12g}"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -187,7 +195,7 @@ def load_run(path: Path) -> RunRecord:
     clean = test.get("clean_acc")
     robust = dict(test.get("robust_acc") or {})
     n_examples = {k: int(test.get("n_examples", 0)) for k in ["clean", *robust]}
-    for eval_dir in sorted(p for p in path.glob("eval*") if (p / "report.json").is_file()):
+    for eval_dir in sorted(p for p in [*path.glob("eval*"), *path.glob("eval/*")] if (p / "report.json").is_file()):
         ev = _read_json(eval_dir / "report.json")
         n = int(ev.get("n_examples", 0))
         if ev.get("split", "test") != "test":

@@ -239,10 +239,10 @@ class Trainer:
         """Validate when due (tracking the best model), then the overfitting guard; True: training collapsed."""
         if self._eval_due(epoch) and self.dist.is_main:
             eval_start = time.perf_counter()
-            val = self.validate().summary()
+            result = self.validate()
             record.eval_time = time.perf_counter() - eval_start
-            record.val = val
-            self._track_best(val, epoch)
+            record.val = result.summary()
+            self._track_best(result.headline, epoch)
         return self._overfit_guard(phase, record)
 
     def _save(self, epoch: int, record: MetricsLine, collapsed: bool) -> bool:
@@ -470,9 +470,8 @@ class Trainer:
         split = self.data.val if self.recipe.eval.split == "val" and len(self.data.val) else self.data.test
         return self.evaluate_split(split)
 
-    def _track_best(self, val: dict[str, float], epoch: int) -> None:
-        robust = [v for k, v in val.items() if k != "clean"]
-        self.state.improved(robust[0] if robust else val["clean"], epoch)
+    def _track_best(self, metric: float, epoch: int) -> None:
+        self.state.improved(metric, epoch)
 
     # ------------------------------------------------------------- state
     def snapshot(self, run: RunState | None = None) -> ckpt_io.TrainingState:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from advtrain.attacks.presets import resolve_eval_attack
+from advtrain.attacks.presets import EvalAttack, resolve_eval_attack
+from advtrain.attacks.threat import HasThreat
 from advtrain.eval.robust import evaluate
 
 
@@ -33,14 +34,15 @@ def collapsed(best: float | None, accuracy: float, drop: float) -> bool:
     return best is not None and best - accuracy > drop
 
 
-def probe_attack(attack_params: Any | None) -> Any:
-    """PGD-5 in the training attack's norm (ℓ∞ or ℓ2) at its ε (the preset's ε without a training attack)."""
-    norm = getattr(attack_params, "norm", "linf") if attack_params is not None else "linf"
-    eps = getattr(attack_params, "eps", None) if attack_params is not None else None
-    return resolve_eval_attack("pgd5" if norm == "linf" else "pgd5-l2", eps=eps)
+def probe_attack(attack_params: HasThreat | None) -> EvalAttack:
+    """PGD-5 in the training attack's ball when it is ℓ∞ or ℓ2 (else the ℓ∞ preset ball)."""
+    threat = attack_params.threat() if attack_params is not None else None
+    if threat is None or not threat.is_lp:
+        return resolve_eval_attack("pgd5")
+    return resolve_eval_attack("pgd5" if threat.norm == "linf" else "pgd5-l2", eps=threat.bound)
 
 
-def check_overfit(model: nn.Module, source: Any, attack_params: Any | None, *, batch_size: int, num_classes: int,
+def check_overfit(model: nn.Module, source: Any, attack_params: HasThreat | None, *, batch_size: int, num_classes: int,
                   device: torch.device, best: float | None, drop: float) -> ProbeResult:
     """PGD-5 accuracy on the first ``batch_size`` training samples, against ``best`` of the earlier epochs.
 

@@ -443,7 +443,17 @@ def test_overwrite_refuses_a_folder_advtrain_did_not_write(arena):
     (["--seed", "-1"], "--seed"),
     (["--eps", "1e400"], "'1e400' is not a finite number"),
     (["--batch-size", "[/b]"], "Invalid value for '--batch-size'"),
-], ids=["steps_huge", "n_examples_zero", "seed_negative", "eps_infinite", "markup_in_option"])
+    # budgets: a name, a flag and a recipe have the same bounds (advtrain/attacks/budget.py)
+    (["--attack", "pgd99999999999999999999"], "attack 'pgd99999999999999999999': steps must be in 1..10000"),
+    (["--attack", "pgd1x99999999999"], "restarts must be in 1..1000, got 99999999999"),
+    (["--attack", "aa0"], "attack 'aa0': steps must be in 1..10000, got 0"),
+    (["--attack", "ppgd10001-alexnet"], "steps must be in 1..10000, got 10001"),
+    (["--steps", "0"], "--steps: steps must be in 1..10000, got 0"),
+    (["--restarts", "5000"], "--restarts: restarts must be in 1..1000, got 5000"),
+    (["--attack", "clean@1"], "'clean' takes no bound"),
+], ids=["steps_huge", "n_examples_zero", "seed_negative", "eps_infinite", "markup_in_option", "name_steps_huge",
+        "name_restarts_huge", "aa_zero_iterations", "perceptual_steps_huge", "steps_zero", "restarts_huge",
+        "clean_with_bound"])
 def test_bad_eval_options_exit_2(arena, args, expected):
     before = _snapshot(arena / "runs")
     code, out = _invoke("eval", "runs/victim/best.safetensors", "--attack", "clean", *args)

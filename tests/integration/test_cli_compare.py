@@ -38,7 +38,7 @@ def test_compare_tiny_runs_and_refuse_mismatched_ones(cli, tiny_recipe, tmp_path
     assert "eps: 8/255" in recipe
     (other / "recipe.yaml").write_text(recipe.replace("eps: 8/255", "eps: 4/255"))
     code, out = cli("compare", "runs/full", "runs/eps4", "--out", "cmp2")
-    assert code == 2 and "attack.eps" in plain(out) and "Traceback" not in out
+    assert code == 2 and "attack threat model" in plain(out) and "Traceback" not in out
     assert not (tmp_path / "cmp2" / "compare.json").exists()
     code, out = cli("compare", "runs/missing")
     assert code == 2 and "not a run folder" in plain(out)

@@ -45,7 +45,7 @@ def test_model_card_with_flags_over_it(cli, tmp_path):
     code, out = cli("eval", "--model-card", tmp_path / "card.yaml", "--threat", "linf@4/255", "--attack", "fgsm",
                     "--n-examples", "4")
     assert code == 0, out
-    assert "ε=4/255" in out and (tmp_path / "eval" / "report.json").exists()
+    assert "ε=4/255" in out and (tmp_path / "eval" / "fgsm_eps4-255" / "report.json").exists()
 
 
 def test_external_eval_refuses_what_it_cannot_know(cli, tmp_path):

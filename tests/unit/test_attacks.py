@@ -6,6 +6,7 @@ A fixed tiny seeded conv net on 3×8×8 inputs with 10 classes; every check is C
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 
 import pytest
@@ -26,6 +27,7 @@ from advtrain.attacks import (
     margin_loss,
     pgd,
     resolve_eval_attack,
+    resolve_eval_attacks,
     trades_kl,
 )
 from advtrain.attacks.autoattack import autoattack
@@ -449,7 +451,9 @@ def test_preset_grammar():
     assert (resolve_eval_attack("aa-l2").norm, resolve_eval_attack("aa-l2").eps) == ("l2", 0.5)
     f = resolve_eval_attack("fgsm")
     assert (f.family, f.norm, f.eps, f.alpha, f.steps) == ("fgsm", "linf", 8 / 255, 8 / 255, 1)
-    assert resolve_eval_attack("clean").family == "clean"
+    with pytest.raises(UserError, match="'clean' is not an attack"):
+        resolve_eval_attack("clean")
+    assert [a.name for a in resolve_eval_attacks(["clean", "pgd20", " CLEAN "])] == ["pgd20"]
     assert resolve_eval_attack(" PGD20 ").name == "pgd20"
     assert "PGD-50×10 ℓ2 ε=0.5 α=0.125 (α = max(ε/4, 2.5·ε/steps))" in a.describe()
     assert "8/255" in b.describe() and "CW" in c.describe()
@@ -472,16 +476,31 @@ def test_preset_overrides():
     assert (f.eps, f.steps, f.alpha, f.restarts, f.standard) == (4 / 255, 7, None, None, False)
     assert "NON-STANDARD" in f.describe() and "350 queries" in f.describe()
     assert resolve_eval_attack("aa").standard and resolve_eval_attack("aa10-l2").steps == 10
+    # the record says what runs: standard AutoAttack is 100 iterations and 5000 Square queries, = aa100
+    assert (resolve_eval_attack("aa").steps, resolve_eval_attack("aa").queries) == (100, 5000)
+    assert resolve_eval_attack("aa100").standard and not resolve_eval_attack("aa", steps=99).standard
     g = resolve_eval_attack("fgsm", eps=4 / 255, steps=5)
     assert (g.eps, g.alpha, g.steps) == (4 / 255, 4 / 255, 1)
-    assert resolve_eval_attack("clean", eps=0.1).eps == 0.0
     assert resolve_eval_attack("cw50", restarts=5).restarts == 5
 
 
 @pytest.mark.parametrize("name,overrides,needle", [
-    ("pgd0", {}, "steps must be >= 1"),
-    ("pgd50x0", {}, "restarts must be >= 1"),
-    ("pgd20", {"steps": 0}, "steps must be an integer >= 1"),
+    ("pgd0", {}, "attack 'pgd0': steps must be in 1..10000, got 0"),
+    ("pgd50x0", {}, "restarts must be in 1..1000, got 0"),
+    ("aa0", {}, "attack 'aa0': steps must be in 1..10000, got 0"),
+    ("pgd99999999999999999999", {}, "steps must be in 1..10000, got 999999999999…"),
+    ("pgd1x99999999999", {}, "restarts must be in 1..1000, got 99999999999"),
+    ("pgd10001", {}, "steps must be in 1..10000, got 10001"),
+    ("aa10001-l2", {}, "steps must be in 1..10000"),
+    ("ppgd10001", {}, "steps must be in 1..10000"),
+    ("stadv99999999999999", {}, "steps must be in 1..10000"),
+    ("recolor0", {}, "steps must be in 1..10000, got 0"),
+    ("pgd20", {"steps": 0}, "steps must be in 1..10000, got 0"),
+    ("pgd20", {"steps": 10**20}, "steps must be in 1..10000"),
+    ("pgd20", {"restarts": 1001}, "restarts must be in 1..1000, got 1001"),
+    ("pgd20", {"steps": True}, "steps must be an integer in 1..10000"),
+    ("aa", {"steps": 0}, "steps must be in 1..10000, got 0"),
+    ("stadv10", {"steps": 20_000}, "steps must be in 1..10000"),
     ("pgd20", {"eps": -0.1}, "eps must be a number >= 0"),
     ("pgd20", {"alpha": 0.0}, "alpha (step size) must be a number > 0"),
     ("pgd20", {"norm": "l1"}, "norm must be linf or l2"),
@@ -499,10 +518,16 @@ def test_unknown_preset_message():
     text = str(err.value)
     assert text.startswith("unknown attack 'pgd5O'")
     assert "did you mean 'pgd50'" in text
-    assert "valid: clean, fgsm, pgd<steps>[x<restarts>][-l2], cw<steps>, aa, aa-l2" in text
-    for bad in ("pgd", "cw", "pgd20-linf", "aa-l1", "pgd20x", "fgsm-l2", ""):
-        with pytest.raises(UserError, match="unknown attack"):
+    assert "valid: clean, fgsm, pgd<steps>[x<restarts>][-l2], cw<steps>, aa[<iterations>][-l2]" in text
+    for bad in ("pgd", "cw", "pgd20-linf", "aa-l1", "pgd20x", "fgsm-l2", "", "fgsm5", "cw5x2", "stadv", "lpa4-dog",
+                "pgd-l2", "x" * 10_000):
+        with pytest.raises(UserError, match="unknown attack") as err:
             resolve_eval_attack(bad)
+        assert len(str(err.value)) < 600  # a long name is cut short, not echoed whole
+    with pytest.raises(UserError, match=r"'fgsm' takes no steps"):
+        resolve_eval_attack("fgsm5")
+    with pytest.raises(UserError, match=r"'lpa' has no variant '-dog'; variants: -self, -alexnet"):
+        resolve_eval_attack("lpa4-dog")
 
 
 def test_list_eval_presets():
@@ -514,22 +539,36 @@ def test_list_eval_presets():
 LP_LISTED = [n for n in LISTED if n not in GROUPS and not n.startswith(("ppgd", "lpa", "stadv", "recolor"))]
 
 
+def test_every_family_row_parses_its_own_grammar_and_describes_itself():
+    from advtrain.attacks.families import FAMILIES
+
+    for family in FAMILIES.values():
+        example = family.grammar().replace("<steps>", "3").replace("[<iterations>]", "3")
+        example = example.replace("[x<restarts>]", "x2").replace("[-l2]", "-l2").replace("[-<net>]", "-self")
+        attack = resolve_eval_attack(example) if family.needs is None or importlib.util.find_spec(family.needs) \
+            else None
+        if attack is not None:
+            assert attack.family == family.name and attack.describe()
+            assert attack.steps == (family.default_steps if family.steps == "none" else 3)
+            expected = family.metric or ("l2" if "-l2" in example else "linf")
+            assert attack.threat().metric == expected
+
+
 @pytest.mark.parametrize("name", LP_LISTED)
 def test_every_preset_stays_in_ball(name):
     model, (x, _) = tiny_model(), batch(4)
     with torch.no_grad():
         y = model.eval()(x).argmax(1)  # clean-correct, so every attack has something to fool
-    attack = resolve_eval_attack(name, steps=None if name.startswith(("fgsm", "clean")) else 5)
+    attack = resolve_eval_attack(name, steps=None if name.startswith("fgsm") else 5)
     if name.startswith("pgd50x10"):
         attack = resolve_eval_attack(name, steps=3, restarts=3)
     model.train()
     x_adv = attack.run(model, x, y)
     assert model.training
     assert_in_ball(x_adv, x, attack.norm or "linf", attack.eps)
-    if attack.family != "clean":
-        _, clean = worst_key(model, x, y)
-        _, adv = worst_key(model, x_adv, y)
-        assert float(adv.mean()) > float(clean.mean())
+    _, clean = worst_key(model, x, y)
+    _, adv = worst_key(model, x_adv, y)
+    assert float(adv.mean()) > float(clean.mean())
 
 
 # --- AutoAttack ----------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def test_runs_of_other_datasets_or_threat_models_are_refused_naming_the_keys(tmp
     b = make_run(tmp_path, "random", 0.5, 0, 0.4, data="cifar10", eps=8 / 255)
     with pytest.raises(UserError) as err:
         compare_runs([load_run(a), load_run(b)])
-    assert "data.name" in str(err.value) and "attack.eps" in str(err.value)
+    assert "data.name" in str(err.value) and "attack threat model" in str(err.value)
     assert "'digits'" in str(err.value) and "'cifar10'" in str(err.value)
 
 

@@ -15,6 +15,10 @@ from advtrain.attacks.pgd import PGDParams
 from advtrain.attacks.presets import STEP_RULE, Ball, checkpoint_balls, list_eval_presets, resolve_eval_attack, step_for
 from advtrain.eval.robust import AttackResult, EvalResult, evaluate
 from advtrain.reports.evaluation import (
+    AttackRow,
+    EvaluationRecord,
+    EvaluationReport,
+    build_record,
     eval_markdown,
     eval_record,
     masking_warnings,
@@ -167,7 +171,7 @@ def test_bits_round_trip(n):
 
 
 def _report(correct: dict[str, list[bool]], stages: dict[str, list[bool]], *, aa: str = "aa",
-            pgd_alpha: float | None = None) -> dict:
+            pgd_alpha: float | None = None) -> EvaluationRecord:
     n = len(next(iter(correct.values())))
     attacks = [resolve_eval_attack(name, eps=8 / 255, alpha=pgd_alpha if name.startswith("pgd") else None)
                for name in correct]
@@ -179,8 +183,10 @@ def _report(correct: dict[str, list[bool]], stages: dict[str, list[bool]], *, aa
         results.append(AttackResult(attack.name, attack.describe(), float(mask.float().mean()), [], 1.0, mask, stage))
     clean = torch.ones(n, dtype=torch.bool)
     result = EvalResult(n, 1.0, [], results, None, 1.0, {}, torch.arange(n), clean)
-    record = eval_record(result, attacks)
-    return json.loads(json.dumps(record))  # what report.json holds
+    record = json.loads(json.dumps(eval_record(result, attacks)))  # what report.json holds
+    assert record == build_record(result, attacks).to_json()
+    return EvaluationRecord(**{k: v for k, v in record.items() if k not in ("robust_acc", "robust_bits_encoding")
+                               and k != "attacks"}, attacks=[AttackRow.from_json(r) for r in record["attacks"]])
 
 
 def _mask(n: int, robust: int) -> list[bool]:
@@ -190,11 +196,11 @@ def _mask(n: int, robust: int) -> list[bool]:
 def test_per_example_bits_in_the_record_round_trip():
     record = _report({"pgd50": _mask(20, 15), "aa": _mask(20, 12)}, {s: _mask(20, 12) for s in
                      ("apgd-ce", "apgd-t", "fab-t", "square")})
-    rows = {r["name"]: r for r in record["attacks"]}
+    rows = {r.name: r.to_json() for r in record.attacks}
     assert rows["pgd50"]["indices"] == [[0, 20]]
     assert per_example(rows["pgd50"]) == {i: i < 15 for i in range(20)}
     assert per_example(rows["aa"]) == {i: i < 12 for i in range(20)}
-    assert unpack_bits(record["clean_bits"], 20).all()
+    assert unpack_bits(record.clean_bits, 20).all()
 
 
 # --- the masking warning ---------------------------------------------------------------------------------
@@ -246,13 +252,93 @@ def test_small_differences_and_reduced_budgets():
 def test_markdown_is_readable():
     stages = dict(zip(STAGES, (_mask(N, 150), _mask(N, 145), _mask(N, 145), _mask(N, 145)), strict=True))
     record = _report({"pgd50": _mask(N, 160), "aa": _mask(N, 145)}, stages)
-    report = {"model": "m", "dataset": "digits", "split": "test", "checkpoint": "c", "epoch": 3,
-              "checkpoint_kind": "best", "threat_model": "Linf", "advtrain_version": "0", **record,
-              "clean_acc": 0.99, "union_acc": 0.7251, "warnings": masking_warnings(record),
-              "training_threat_model": "ℓ∞ ε=0.2 (checkpoint: training attack (pgd))"}
+    record.clean_acc, record.union_acc = 0.99, 0.7251
+    report = EvaluationReport("m", "c", "best", 3, "digits", "test", "Linf",
+                              "ℓ∞ ε=0.2 (checkpoint: training attack (pgd))", "8/255", 8 / 255, "--eps", record, [],
+                              1.0, "cpu", 0, "0", masking_warnings(record))
     text = eval_markdown(report)
     assert "| clean | none | no attack | 99.0% | |" in text
     assert "| aa | 72.5% | 72.5% | 72.5% | 72.5% |" not in text  # stage table lists each stage
     assert "| aa | 75.0% | 72.5% | 72.5% | 72.5% |" in text
     assert "72.5%" in text and "0.7251" not in text and "{" not in text and "eps 0" not in text
     assert f"step when not given: {STEP_RULE}" in text
+    keys = list(report.to_json())  # the keys report.json has always had, in their order
+    assert keys[:11] == ["model", "checkpoint", "checkpoint_kind", "epoch", "dataset", "split", "threat_model",
+                         "training_threat_model", "eps", "eps_float", "eps_source"]
+    assert keys[11:] == ["n_examples", "clean_acc", "per_class_clean_acc", "robust_acc", "union_acc",
+                         "union_acc_by_group", "attacks", "clean_indices", "clean_bits", "robust_bits_encoding",
+                         "time_s", "precision", "eps_sweep", "total_time_s", "device", "seed", "advtrain_version",
+                         "warnings"]
+
+
+# --- threat(): one accessor for every reader of ε / norm / bound ----------------------------------------
+
+def test_every_attack_params_and_eval_attack_answer_threat():
+    from advtrain.attacks import ATTACKS, section_threat
+    from advtrain.attacks.perceptual.lpa import LPAParams
+    from advtrain.attacks.perceptual.ppgd import PPGDParams
+    from advtrain.attacks.recolor import ReColorAdvParams
+    from advtrain.attacks.stadv import StAdvParams
+
+    expected = {"pgd": ("linf", 8 / 255), "fgsm": ("linf", 8 / 255), "trades_kl": ("linf", 8 / 255),
+                "fast_lpa": ("lpips", 0.5)}
+    assert set(ATTACKS.names()) == set(expected)
+    for entry in ATTACKS.entries():
+        threat = entry.default_params().threat()
+        assert (threat.metric, threat.bound) == expected[entry.name]
+    assert PGDParams(norm="l2", eps=0.3).threat().norm == "l2" and FastLPAParams().threat().norm is None
+    for params, metric in ((PPGDParams(bound=0.2), "lpips"), (LPAParams(bound=0.2), "lpips"),
+                           (StAdvParams(bound=0.2), "flow"), (ReColorAdvParams(bound=0.2), "color")):
+        assert (params.threat().metric, params.threat().bound) == (metric, 0.2)
+    for name in ("pgd20-l2@0.3", "ppgd3@0.2", "stadv3@0.2", "recolor3@0.2", "fgsm@0.2"):
+        attack = resolve_eval_attack(name)
+        assert attack.threat().bound == pytest.approx(attack.eps) and attack.threat().metric == attack.norm
+    assert resolve_eval_attack("pgd20@4/255").threat().describe() == "ℓ∞ ε=4/255"
+    # what compare reads from a finished run's recipe.yaml (values as written there)
+    assert section_threat({"name": "pgd", "norm": "l2", "eps": "8/255"}).bound == pytest.approx(8 / 255)
+    assert section_threat({"name": "fast_lpa", "bound": 0.25}).metric == "lpips"
+    for damaged in (None, {}, {"name": "nope"}, {"name": "pgd", "eps": "8/0"}, {"name": "pgd", "eps": [1]}, [1]):
+        assert section_threat(damaged) is None, damaged
+    assert section_threat({"name": "pgd", "oops": 1}).bound == pytest.approx(8 / 255)  # other keys: not its business
+
+
+def test_overfit_probe_reads_the_training_threat():
+    from advtrain.train.overfit import probe_attack
+
+    assert (probe_attack(PGDParams(norm="l2", eps=0.3)).norm, probe_attack(PGDParams(norm="l2", eps=0.3)).eps) == \
+        ("l2", 0.3)
+    assert probe_attack(FGSMParams(eps=4 / 255)).eps == pytest.approx(4 / 255)
+    assert (probe_attack(FastLPAParams()).norm, probe_attack(None).eps) == ("linf", 8 / 255)
+
+
+# --- where reports go and where the data is ---------------------------------------------------------
+
+def test_each_evaluation_gets_its_own_folder(tmp_path):
+    from advtrain.commands.evaluate import new_report_folder
+
+    folders = [new_report_folder(tmp_path / "eval", "pgd20_eps8-255") for _ in range(3)]
+    assert [f.name for f in folders] == ["pgd20_eps8-255", "pgd20_eps8-255-2", "pgd20_eps8-255-3"]
+    assert all(f.is_dir() for f in folders)
+
+
+def test_report_label_names_attacks_and_eps():
+    from advtrain.commands.evaluate import EvalOptions, report_label
+
+    attacks = [resolve_eval_attack("pgd20@8/255"), resolve_eval_attack("aa-l2@1")]
+    report = EvaluationReport("m", "c", None, 1, "d", "test", "L2+Linf", None, "8/255", 8 / 255, "@ suffix",
+                              EvaluationRecord(0, 1.0, [], None, {}, [], [], "", 0.0), [], 0.0, "cpu", 0, "0")
+    options = EvalOptions([], 1, 1, {}, [("0", 0.0)], "val", [], None, None, 0)
+    assert report_label(report, attacks, options) == "pgd20@8-255+aa-l2@1_eps8-255_sweep_val"
+    long = [resolve_eval_attack(f"pgd{i}") for i in range(1, 60)]
+    assert len(report_label(report, long, options)) <= 80
+
+
+def test_run_origin_undoes_the_output_dir(tmp_path):
+    from advtrain.commands.evaluate import run_origin
+
+    ckpt = tmp_path / "runs" / "tiny" / "last.safetensors"
+    assert run_origin(ckpt, "runs/tiny") == tmp_path.resolve()
+    assert run_origin(ckpt, "./runs/tiny") == tmp_path.resolve()
+    for moved in ("runs/other", "elsewhere/runs/tiny/x", "../runs/tiny", "~/runs/tiny", str(tmp_path / "runs/tiny"),
+                  "", None, 3):
+        assert run_origin(ckpt, moved) is None

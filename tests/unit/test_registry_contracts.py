@@ -29,7 +29,7 @@ TOL = 1e-6
 #: perceptual presets are the ``self`` preset with a distance network whose ImageNet weights come from the
 #: torch hub cache (absent offline); tests/unit/test_perceptual_eval.py covers the network choice.
 EVAL_NAMES = [name for name, _ in list_eval_presets() if name.replace("-", "").replace("_", "").isalnum()
-              and name not in GROUPS and not name.endswith(("-alexnet", "-vgg", "-squeeze"))]
+              and name not in (*GROUPS, "clean") and not name.endswith(("-alexnet", "-vgg", "-squeeze"))]
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
@@ -58,7 +58,7 @@ def test_every_registry_has_entries():
     for registry in (ATTACKS, OBJECTIVES, SELECTORS, OPTIMIZERS, LR_SCHEDULES, DATASETS, MODELS):
         assert registry.names(), registry.kind
         assert all(entry.summary for entry in registry.entries()), registry.kind
-    assert EVAL_NAMES and {"clean", "pgd20", "aa"} <= set(EVAL_NAMES)
+    assert EVAL_NAMES and {"pgd20", "aa"} <= set(EVAL_NAMES)
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
@@ -73,24 +73,22 @@ def test_attack_builds_from_defaults_and_stays_in_its_bound(name):
     assert x_adv.shape == x.shape and not x_adv.requires_grad
     assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
     params = attack.params
-    if hasattr(params, "norm") and hasattr(params, "eps"):  # an ℓp ball
-        assert _ball_size(x_adv - x, params.norm) <= params.eps + TOL
+    if params.threat().is_lp:
+        assert _ball_size(x_adv - x, params.threat().metric) <= params.threat().bound + TOL
     else:  # a perceptual attack penalises (not projects) its LPIPS bound: it must at least move
         assert not torch.equal(x_adv, x)
 
 
 @pytest.mark.parametrize("name", EVAL_NAMES)
 def test_eval_preset_builds_runs_and_stays_in_its_bound(name):
-    attack = resolve_eval_attack(name, steps=None if name in ("clean", "fgsm") else 2)
+    attack = resolve_eval_attack(name, steps=None if name == "fgsm" else 2)
     model, (x, y) = _model(), _batch(4)
     model.train()
     x_adv = attack.run(model, x, y)
     assert model.training and x_adv.shape == x.shape
     assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
-    if attack.norm in ("linf", "l2"):
-        assert _ball_size(x_adv - x, attack.norm) <= attack.eps + TOL
-    elif attack.family == "clean":
-        assert torch.equal(x_adv, x)
+    if attack.threat().is_lp:
+        assert _ball_size(x_adv - x, attack.threat().metric) <= attack.threat().bound + TOL
 
 
 def _objective(name: str):

@@ -159,10 +159,10 @@ def test_overfit_probe_on_its_own(k, best, collapsed, new_best):
 
 
 def test_overfit_probe_attacks_in_the_training_norm_at_its_eps():
-    class L2:
-        norm, eps = "l2", 0.5
+    from advtrain.attacks import PGDParams
 
-    assert overfit.probe_attack(L2()).name == "pgd5-l2"
+    assert overfit.probe_attack(PGDParams(norm="l2", eps=0.5)).name == "pgd5-l2"
+    assert overfit.probe_attack(PGDParams(norm="l2", eps=0.5)).eps == 0.5
     assert overfit.probe_attack(None).name == "pgd5"
 
 

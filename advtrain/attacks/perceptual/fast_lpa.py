@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.bound import BoundAttack
+from advtrain.attacks.budget import STEPS
 from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, build_distance
+from advtrain.attacks.threat import Threat
 from advtrain.params import param
 
 FINITE_DIFFERENCE = 0.1
@@ -28,12 +30,15 @@ class FastLPAParams:
     """Fast Lagrangian perceptual attack (training)."""
 
     bound: float = param(0.5, gt=0, le=100, help="LPIPS bound (0.5 CIFAR, 0.25 ImageNet in PAT)")
-    steps: int = param(10, ge=1, le=10_000)
+    steps: int = STEPS.param(10, help="gradient steps")
     step: float | None = param(None, gt=0, le=100, help="first step in LPIPS units (default: the bound)")
     lam_max: float = param(10.0, gt=0, le=1e6, help="final Lagrange multiplier")
     lpips: str = param("self", choices=LPIPS_NETWORKS,
                        help="feature network of the distance (self = the classifier being trained)")
     only_attack_correct: bool = param(True, help="leave examples the model already gets wrong unchanged")
+
+    def threat(self) -> Threat:
+        return Threat("lpips", float(self.bound))
 
 
 def fast_lpa(model: nn.Module, x: Tensor, y: Tensor, params: FastLPAParams, *, loss_fn: Any = None,

@@ -16,9 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view
+from advtrain.attacks.budget import ROUNDS, STEPS
 from advtrain.attacks.losses import margin_loss
 from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, build_distance
 from advtrain.attacks.perceptual.projection import offer_final, project_lpips
+from advtrain.attacks.threat import Threat
 from advtrain.params import param
 
 #: Length of the finite difference that measures how fast d changes along the step direction.
@@ -30,12 +32,15 @@ class LPAParams:
     """Lagrangian perceptual attack (evaluation)."""
 
     bound: float = param(0.5, gt=0, help="LPIPS bound (PAT: 0.5 on CIFAR-10, 0.25 on ImageNet)")
-    steps: int = param(40, ge=1, help="gradient steps per λ round")
-    rounds: int = param(5, ge=1, help="λ rounds: λ ×10 after each for examples still over the bound")
+    steps: int = STEPS.param(40, help="gradient steps per λ round")
+    rounds: int = ROUNDS.param(5, help="λ rounds: λ ×10 after each for examples still over the bound")
     step: float | None = param(None, gt=0, help="first LPIPS step length (default: the bound), decays ×0.1")
     lam: float = param(0.01, gt=0, help="initial Lagrange multiplier")
     kappa: float = param(1.0, gt=0, help="margin cap: the loss stops rewarding a margin beyond κ")
     lpips: str = param("self", choices=LPIPS_NETWORKS, help="feature network of the distance")
+
+    def threat(self) -> Threat:
+        return Threat("lpips", float(self.bound))
 
 
 def lpa(model: nn.Module, x: Tensor, y: Tensor, params: LPAParams, *, loss_fn: object = None,

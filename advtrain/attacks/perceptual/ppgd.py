@@ -18,9 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks._common import WorstCase, attack_mode, l2_norms, per_sample_view
+from advtrain.attacks.budget import STEPS
 from advtrain.attacks.losses import margin_loss
 from advtrain.attacks.perceptual.distance import LPIPS_NETWORKS, PerceptualDistance, build_distance
 from advtrain.attacks.perceptual.projection import offer_final, project_lpips
+from advtrain.attacks.threat import Threat
 from advtrain.params import param
 
 #: Length (in pixel space, along a unit direction) of the finite difference that estimates J v.
@@ -34,11 +36,14 @@ class PPGDParams:
     """Perceptual PGD (evaluation)."""
 
     bound: float = param(0.5, gt=0, help="LPIPS bound (PAT: 0.5 on CIFAR-10, 0.25 on ImageNet)")
-    steps: int = param(40, ge=1)
+    steps: int = STEPS.param(40, help="steps")
     step: float | None = param(None, gt=0, help="LPIPS length of each step (default 2·bound/steps)")
-    cg_steps: int = param(5, ge=1, help="conjugate-gradient iterations solving (JᵀJ)u = ∇L")
+    cg_steps: int = STEPS.param(5, help="conjugate-gradient iterations solving (JᵀJ)u = ∇L")
     kappa: float = param(1.0, gt=0, help="margin cap: the loss stops rewarding a margin beyond κ")
     lpips: str = param("self", choices=LPIPS_NETWORKS, help="feature network of the distance")
+
+    def threat(self) -> Threat:
+        return Threat("lpips", float(self.bound))
 
 
 def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, iterations: int) -> Tensor:
