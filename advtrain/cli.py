@@ -191,19 +191,23 @@ def compare(
     out: Path = typer.Option(Path("compare"), "--out", help="folder for compare.{md,json} and tradeoff.png"),
     attack: str | None = typer.Option(None, "--attack", help="robust metric (default: aa if every run has it, "
                                       "else the strongest attack all runs were evaluated with)"),
+    as_json: bool = typer.Option(False, "--json", help="print compare.json to stdout instead of the table"),
 ) -> None:
     """Compare finished runs: robust accuracy vs training-loop speed-up, seeds grouped (paper Fig. 3)."""
-    from advtrain.reports.compare import run_compare
+    from advtrain.reports import compare as cmp
     from advtrain.ui import console
 
-    result = run_compare(runs, out, attack)
-    rows = [(r["label"], str(r["n"]), f"{r['speedup']['mean']:.2f}×" if "speedup" in r else "–",
-             f"{r['ideal_speedup']:.2f}×",
-             f"{100 * r['robust_acc']['mean']:.1f} ± {100 * r['robust_acc']['std']:.1f}" if "robust_acc" in r else "–")
-            for r in result["rows"]]
-    console.print_table(f"robust accuracy ({result['attack']}) vs speed-up", ["configuration", "seeds",
-                        "speed-up", "ideal", "robust acc %"], rows)
-    console.info(f"wrote {out}/compare.md, compare.json, tradeoff.png")
+    result = cmp.run_compare(runs, out, attack)
+    for line in result["skipped"] + result["warnings"]:
+        console.warn(line)
+    if as_json:
+        console.print_json(result)
+    else:
+        console.print_table(f"robust accuracy ({cmp.metric_title(result)}) vs speed-up", cmp.SUMMARY_COLUMNS,
+                            cmp.summary_rows(result))
+        for note in cmp.notes(result):
+            console.status(f"–: {note}")
+    console.status(f"wrote {out}/compare.md, compare.json, tradeoff.png")
 
 
 @app.command("list")

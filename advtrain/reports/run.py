@@ -27,21 +27,35 @@ def epoch_seconds(metrics: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def speedup_estimate(metrics: list[dict[str, Any]], epochs: int) -> dict[str, float] | None:
+def speedup_estimate(metrics: list[dict[str, Any]], epochs: int, *, max_steps: int | None = None,
+                     batch_size: int | None = None) -> dict[str, Any] | None:
     """A coreset run's loop against full training of the same schedule, from its own epochs.
 
-    Full training is estimated as ``epochs`` × the median full-data (warm-start) epoch; ``None``
-    when the run had no full-data or no coreset epoch to measure.
+    Full training is estimated as ``epochs`` × the median full-data (warm-start) epoch, timed in
+    the same process as the coreset epochs, so a machine busier or quieter than another run's does
+    not enter it. ``None`` when the run had no full-data or no coreset epoch to measure. When
+    ``train.max_steps_per_epoch`` (``max_steps``) cuts the coreset epochs to as many samples as the
+    full ones, both kinds of epoch do the same work: ``speedup`` is then None and ``note`` says why.
     """
     per_epoch = epoch_seconds(metrics)
     if "full" not in per_epoch or "coreset" not in per_epoch:
         return None
     loop_s, _, selection_s = loop_seconds(metrics)
     full_loop = epochs * per_epoch["full"]
-    return {"full_epoch_s": per_epoch["full"], "coreset_epoch_s": per_epoch["coreset"],
-            "epoch_ratio": per_epoch["coreset"] / per_epoch["full"], "loop_s": loop_s,
-            "estimated_full_loop_s": full_loop, "speedup": full_loop / loop_s if loop_s else float("nan"),
-            "selection_share": selection_s / loop_s if loop_s else 0.0}
+    estimate: dict[str, Any] = {
+        "full_epoch_s": per_epoch["full"], "coreset_epoch_s": per_epoch["coreset"],
+        "epoch_ratio": per_epoch["coreset"] / per_epoch["full"], "loop_s": loop_s,
+        "estimated_full_loop_s": full_loop, "speedup": full_loop / loop_s if loop_s else None,
+        "selection_share": selection_s / loop_s if loop_s else 0.0, "note": None}
+    samples = {phase: [int(m["samples"]) for m in metrics if m.get("phase") == phase and m.get("samples")]
+               for phase in ("full", "coreset")}
+    if max_steps is not None and samples["full"] and samples["coreset"] \
+            and min(samples["coreset"]) >= max(samples["full"]):
+        estimate["speedup"] = None
+        steps = f"{max_steps} steps" + (f" of {batch_size}" if batch_size else "")
+        estimate["note"] = (f"train.max_steps_per_epoch={max_steps} caps both kinds of epoch at {steps}, so "
+                            f"coreset and full-data epochs do the same work: no speed-up to measure")
+    return estimate
 
 
 def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
@@ -65,7 +79,8 @@ def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
         "selection_seconds": selection_s,
         "selection_share": selection_s / epoch_s if epoch_s else 0.0,
         "loop_seconds": loop_seconds(metrics)[0],
-        "speedup": speedup_estimate(metrics, recipe.schedule.epochs),
+        "speedup": speedup_estimate(metrics, recipe.schedule.epochs, max_steps=recipe.train.max_steps_per_epoch,
+                                    batch_size=trainer.data.batch_size),
         "best_metric": result.best_metric,
         "best_epoch": None if result.best_epoch is None else result.best_epoch + 1,
         "final_val": result.final_val,
@@ -124,7 +139,9 @@ def run_markdown(report: dict) -> str:
         f"- best validation metric {report['best_metric']} at epoch {report['best_epoch']}",
     ]
     speed = report.get("speedup")
-    if speed:
+    if speed and speed.get("speedup") is None:
+        lines.append(f"- speed-up: not measured; {speed.get('note') or 'no timed epochs'}")
+    elif speed:
         lines.append(
             f"- coreset epoch {speed['coreset_epoch_s']:.2f}s vs full epoch {speed['full_epoch_s']:.2f}s "
             f"({speed['epoch_ratio']:.0%}); training loop {speed['loop_s']:.1f}s (selection "

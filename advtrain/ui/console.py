@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 _console: Console | None = None
+_err_console: Console | None = None
 
 
 def console() -> Console:
@@ -39,9 +40,18 @@ def console() -> Console:
     return _console
 
 
+def err_console() -> Console:
+    """The console on stderr: errors, warnings and status lines, so stdout holds only a command's output."""
+    global _err_console  # noqa: PLW0603 - the terminal's second stream
+    if _err_console is None:
+        _err_console = Console(stderr=True, highlight=False, soft_wrap=False, width=None if os.isatty(2) else 120)
+    return _err_console
+
+
 def print_error(title: str, message: str) -> None:
-    """One red panel for a user error; no traceback."""
-    console().print(Panel(escape(message), title=f"[bold red]{escape(title)}", border_style="red", expand=False))
+    """One red panel for a user error on stderr; no traceback."""
+    err_console().print(Panel(escape(message), title=f"[bold red]{escape(title)}", border_style="red",
+                              expand=False))
 
 
 def info(message: str, *, style: str | None = None) -> None:
@@ -49,8 +59,32 @@ def info(message: str, *, style: str | None = None) -> None:
     console().print(escape(message), style=style)
 
 
+def status(message: str, *, style: str | None = None) -> None:
+    """A line about what a command did (``ok: ... is valid``, ``wrote ...``), on stderr beside its output."""
+    err_console().print(escape(message), style=style)
+
+
 def warn(message: str) -> None:
-    console().print(f"[yellow]warning:[/] {escape(message)}")
+    err_console().print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def print_json(data: Any) -> None:
+    """``data`` as JSON on stdout, nothing else (``--json``): NaN and infinities become null."""
+    import json
+    import math
+    import sys
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    sys.stdout.write(json.dumps(clean(data), indent=2, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def print_traceback(err: BaseException) -> None:
