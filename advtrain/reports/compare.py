@@ -471,10 +471,21 @@ def _axis(rows: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 def plot(path: Path, result: dict[str, Any]) -> None:
+    """Write :func:`tradeoff_figure` as a PNG whose bounding box holds every label."""
+    import matplotlib.pyplot as plt
+
+    from advtrain.io.checkpoint import write_atomically
+
+    fig = tradeoff_figure(result)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def tradeoff_figure(result: dict[str, Any]) -> Any:
     """Relative robust error vs speed-up, one line per selector (and selection attack), error bars = std.
 
-    Points are markers joined in order of speed-up only to show which belong together; every label
-    stays inside the saved image (tight bounding box, margins for the fraction labels).
+    Points are markers joined in order of speed-up only to show which belong together; the margins
+    keep each point's fraction label inside the axes, the y label is wrapped to the figure's height.
     """
     import textwrap
 
@@ -482,8 +493,6 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from advtrain.io.checkpoint import write_atomically
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     yname = "relative_robust_error" if all((r.get("relative_robust_error") or {}).get("mean") is not None
@@ -508,7 +517,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         for r, x, y in zip(rows, xs, ys, strict=True):
             if r["selector"] != "full":
                 ax.annotate(f"{r['fraction']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.margins(0.12)
+    ax.margins(x=0.15, y=0.12)
     ax.set_xlabel(xlabel)
     ylabel = (f"relative robust error ({metric_title(result)}, %)" if yname == "relative_robust_error"
               else f"robust accuracy ({metric_title(result)}, %)")
@@ -517,8 +526,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     if lines:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
+    return fig
 
 
 def run_compare(run_dirs: Sequence[Path], out: Path | None, attack: str | None = None) -> dict[str, Any]:

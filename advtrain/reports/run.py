@@ -82,7 +82,9 @@ def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
         "speedup": speedup_estimate(metrics, recipe.schedule.epochs, max_steps=recipe.train.max_steps_per_epoch,
                                     batch_size=trainer.data.batch_size),
         "best_metric": result.best_metric,
-        "best_epoch": None if result.best_epoch is None else result.best_epoch + 1,
+        "best_metric_name": best_metric_name(metrics),
+        "best_split": recipe.eval.split,
+        "best_epoch": None if result.best_epoch is None else result.best_epoch + 1,  # 1-based, as on screen
         "final_val": result.final_val,
         "test": eval_record(result.test, trainer.eval_attacks) if result.test is not None else None,
         "advtrain_version": __version__,
@@ -90,6 +92,14 @@ def write_run_report(trainer: Any, result: Any) -> dict[str, Any]:
     }
     trainer.files.write_report(report, run_markdown(report), curves_png(metrics) if metrics else None)
     return report
+
+
+def best_metric_name(metrics: list[dict[str, Any]]) -> str | None:
+    """What the best model is chosen by: the first robust validation accuracy, else clean (as the loop does)."""
+    val = next((m["val"] for m in metrics if m.get("val")), None)
+    if not val:
+        return None
+    return next((k for k in val if k != "clean"), "clean")
 
 
 def curves_png(metrics: list[dict]) -> bytes:
@@ -127,8 +137,19 @@ def curves_png(metrics: list[dict]) -> bytes:
     return image.getvalue()
 
 
+def _best_line(report: dict) -> str:
+    """``best.safetensors``: which accuracy chose it, its value and its (1-based) epoch."""
+    if report.get("best_metric") is None:
+        return "- best model: none (no validation ran)"
+    name = report.get("best_metric_name") or "validation accuracy"
+    what = "clean accuracy" if name == "clean" else f"robust accuracy under {name}"
+    split = f", {report['best_split']} split" if report.get("best_split") else ""
+    return (f"- best model (best.safetensors): {what} {percent(report['best_metric'])} on validation{split}, "
+            f"at epoch {report['best_epoch']} of {report['epochs']}")
+
+
 def run_markdown(report: dict) -> str:
-    """A Markdown page for a finished training run."""
+    """A Markdown page for a finished training run (epochs numbered from 1, as on screen)."""
     lines = [
         f"# Run report: {report['name']}",
         "",
@@ -136,7 +157,7 @@ def run_markdown(report: dict) -> str:
         f"attack {report['attack']}, selector {report['selector']}",
         f"- epochs run: {report['epochs_run']}; wall time {report['wall_seconds']:.1f}s; "
         f"selection {report['selection_seconds']:.1f}s ({report['selection_share']:.1%})",
-        f"- best validation metric {report['best_metric']} at epoch {report['best_epoch']}",
+        _best_line(report),
     ]
     speed = report.get("speedup")
     if speed and speed.get("speedup") is None:

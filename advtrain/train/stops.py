@@ -28,7 +28,7 @@ def selection_interrupt_message(signal_name: str, last: Path, *, epoch: int, sta
              else f"in the coreset selection for epoch {epoch + 1}, before its solver")
     if not last.exists():
         return (f"stopped by {signal_name} {where}; no epoch had finished, so there was nothing to save. Start "
-                f"again with the same command.")
+                f"again: advtrain run <recipe> --overwrite (same recipe and overrides).")
     return (f"stopped by {signal_name} {where}; {last} (the end of epoch {epoch}) is kept and the selection is "
             f"redone on resume. Continue with: advtrain run <recipe> --resume (same recipe and overrides).")
 

@@ -28,7 +28,7 @@ def test_run_with_selector_writes_coresets_and_timings(cli, tiny_recipe, tmp_pat
     selections = [m["selection"] for m in metrics if m["selection"]]
     assert len(selections) == 2  # epochs 2 and 4 (1-based)
     assert set(selections[0]) >= {"attack_s", "features_s", "solver_s", "total_s"}
-    saved = np.load(run / "coreset/epoch_001.npz")
+    saved = np.load(run / "coreset/epoch_002.npz")
     # budget 0.5 · 72 = 36 samples → ceil(36 / 8) = 5 whole batches of 8
     assert len(saved["indices"]) == metrics[1]["coreset_size"] == 40
     assert (saved["weights"] > 0).all()
@@ -88,7 +88,7 @@ def test_select_dump_is_the_run_coreset_format_plus_extras(cli, tiny_recipe, tmp
     code, out = cli("select", tiny_recipe, *args, "--checkpoint", tmp_path / "runs/tiny/last.safetensors",
                     "--dump-indices", "--out", "c.npz")
     assert code == 0, out
-    run, dump = np.load(tmp_path / "runs/tiny/coreset/epoch_001.npz"), np.load(tmp_path / "c.npz")
+    run, dump = np.load(tmp_path / "runs/tiny/coreset/epoch_002.npz"), np.load(tmp_path / "c.npz")
     assert run.files == ["indices", "weights", "labels", "epoch"]
     assert dump.files[:4] == run.files
     assert set(dump.files[4:]) == {"label_histogram", "train_label_histogram", "n_train", "selector", "attack_s",
