@@ -58,10 +58,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             out.update(flatten(value, path + "."))
         elif isinstance(value, list):
-            out[path] = tuple(value)
+            out[path] = _frozen(value)
         else:
             out[path] = _number(value)
     return out
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a list (of lists or mappings): keys are compared in sets."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    return _number(value)
 
 
 def _number(value: Any) -> Any:
@@ -403,13 +412,14 @@ def notes(result: dict[str, Any]) -> list[str]:
 
 
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The console table: configuration, seeds, both speed-ups, the ideal, robust accuracy."""
+    """The console table: configuration, seeds, both speed-ups, the ideal, robust accuracy and its relative error."""
     return [(r["label"], str(r["n"]), _pm(r["speedup_within"], 1, ".2f"), _pm(r.get("speedup"), 1, ".2f"),
-             f"{r['ideal_speedup']:.2f}", _pm(r.get("robust_acc"), 100)) for r in result["rows"]]
+             f"{r['ideal_speedup']:.2f}", _pm(r.get("robust_acc"), 100), _pm(r.get("relative_robust_error"), 100))
+            for r in result["rows"]]
 
 
 SUMMARY_COLUMNS = ("configuration", "seeds", "speed-up (own full epochs)", "speed-up (vs full runs)", "ideal",
-                   "robust acc %")
+                   "robust acc %", "rel. robust error %")
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -133,6 +133,15 @@ def test_fractions_written_as_text_equal_their_value(tmp_path):
     assert len(compare_runs([load_run(a), load_run(b)])["rows"]) == 2
 
 
+def test_lists_of_mappings_in_recipes_compare_without_error(tmp_path):
+    runs = [make_run(tmp_path, "full", 1.0, 0, 0.5), make_run(tmp_path, "random", 0.5, 0, 0.4)]
+    for run in runs:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        recipe["optim"] = {"name": "sgd", "param_groups": [{"lr": 0.1, "tags": ["a"]}]}
+        (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert len(compare_runs([load_run(p) for p in runs])["rows"]) == 2
+
+
 def test_same_configuration_and_seed_twice_is_refused(tmp_path):
     a = make_run(tmp_path / "a", "random", 0.5, 0, 0.5)
     b = make_run(tmp_path / "b", "random", 0.5, 0, 0.4)
