@@ -78,7 +78,7 @@ def main() -> None:
         "vs_full_quiet": quiet["speedup"], "vs_full_loaded": loaded["speedup"],
         "vs_full_change": loaded["speedup"] / quiet["speedup"] - 1,
         "full_epoch_s": {n: by_run[n]["full_epoch_s"] for n in by_run}, "wall_s": seconds,
-        "warnings": result["warnings"]}
+        "warnings": [w.replace(str(runs) + "/", "") for w in result["warnings"]]}
     table = proc.stdout.replace(str(runs) + "/", "")
     md = ["# advtrain compare under different machine loads", "",
           f"Command: `{command_line()}` (machine: {machine().get('platform')}, torch {machine().get('torch')}, "
