@@ -4,12 +4,14 @@ Each command is matched against CHECKS, in order; a command no entry matches fai
 :func:`test_every_readme_command_has_a_check`, so a new README command cannot go unchecked. The
 cheap commands run here as written; training runs run as written plus overrides that shorten
 them to one step (:data:`SHORT`), which does not change what the command checks (recipe, data,
-model, the loop, the outputs). The CIFAR-10 steps need ``../shared/data`` and are ``slow``; they
-skip cleanly without it.
+model, the loop, the outputs). Only the commands that take seconds run in ``make test``; the
+training and evaluation ones are ``slow`` and run in CI (``.ci/run``); the CIFAR-10 steps need
+``../shared/data`` and skip cleanly without it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -35,6 +37,7 @@ CHECKS: list[tuple[str, str]] = [
     (r"pip install -e '\.\[test\]' && advtrain run recipes/digits_linf\.yaml", "ci"),
     (r"pip install torch torchvision --index-url \S+ && pip install -e .*", "ci"),
     (r"make test", "ci"),
+    (r"advtrain run recipes/digits_perceptual\.yaml( \S+=\S+)*", "slow"),  # a Fast-LPA selection pass: minutes
     (r"advtrain run recipes/digits_\w+\.yaml( \S+=\S+)*", "short"),
     (r"advtrain (list|validate) \S+( \S+)*", "here"),
     (r"advtrain eval --attack pgd50 --eps-sweep \S+", "here"),
@@ -77,23 +80,34 @@ def test_every_readme_command_has_a_check():
     assert not unchecked, f"README commands that no test runs (add them to CHECKS): {unchecked}"
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install --quiet -e '.[test]'" in ci and "make test" in ci and "advtrain run recipes/digits_linf" in ci
-    assert "--index-url https://download.pytorch.org/whl/cpu" in ci
+    assert "--index-url https://download.pytorch.org/whl/cpu" in ci and "-m slow tests/integration/test_readme.py" in ci
     for how in {check_of(c) for c in commands}:
         if how.startswith("covered: "):
             assert (ROOT / "tests" / "integration" / how.removeprefix("covered: ")).is_file(), how
 
 
-def advtrain(command: str, cwd: Path, extra: list[str] = (), timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a README command (``advtrain ...`` through this Python) in ``cwd``; fail with its output."""
+def advtrain(command: str, cwd: Path, extra: list[str] = (), timeout: int = 600) -> str:
+    """Run a README command in ``cwd`` (``advtrain ...`` in this process, like the CLI tests); its output."""
     args = shlex.split(command)
     if args[0] == "advtrain":
-        args = [sys.executable, "-m", "advtrain", *args[1:]]
-    elif args[0] == "python":
+        from typer.testing import CliRunner
+
+        from advtrain.cli import app
+
+        previous = Path.cwd()
+        os.chdir(cwd)
+        try:
+            result = CliRunner().invoke(app, [*args[1:], *extra], catch_exceptions=False)
+        finally:
+            os.chdir(previous)
+        assert result.exit_code == 0, f"{command} {' '.join(extra)}\n{result.output}"
+        assert "Traceback" not in result.output
+        return result.stdout
+    if args[0] == "python":
         args = [sys.executable, *args[1:]]
     proc = subprocess.run([*args, *extra], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{command} {' '.join(extra)}\n{proc.stdout}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-    return proc
+    return proc.stdout
 
 
 @pytest.fixture
@@ -108,26 +122,41 @@ def clone(tmp_path: Path) -> Path:
 
 
 def test_cheap_readme_commands_run_as_written(clone):
-    """list / validate as written, the digits runs shortened, then the eval that takes the newest run."""
+    """list and validate as written (seconds); the training and evaluation commands are the slow tests."""
     for command in commands_checked("here"):
         if command.startswith("advtrain validate") and "cifar10" in command:
             continue  # needs CIFAR-10 in ./data: validated on the decoded copy in the CIFAR test
-        if command.startswith("advtrain eval"):
-            continue
-        advtrain(command, clone)
-    for command in commands_checked("short"):
-        advtrain(command, clone, SHORT + ["output.dir=runs/" + re.sub(r"\W+", "_", command)[-60:]])
-    (sweep,) = [c for c in commands_checked("here") if c.startswith("advtrain eval")]
-    proc = advtrain(sweep, clone, ["--n-examples", "8"])
-    assert "robust accuracy vs ε" in proc.stdout
+        if not command.startswith("advtrain eval"):
+            advtrain(command, clone)
 
 
 @pytest.mark.slow
-def test_perceptual_eval_command(clone):
-    (run,) = [c for c in commands_checked("short") if c == "advtrain run recipes/digits_perceptual.yaml"]
-    advtrain(run, clone, SHORT)
+def test_digits_run_then_eval_of_the_newest_run(clone):
+    """The plain-training digits run shortened, then the ε sweep of the newest run as written."""
+    (plain,) = [c for c in commands_checked("short") if c.endswith("selector=full")]
+    advtrain(plain, clone, SHORT)
+    (sweep,) = [c for c in commands_checked("here") if c.startswith("advtrain eval")]
+    assert "robust accuracy vs ε" in advtrain(sweep, clone, ["--n-examples", "8"])
+
+
+@pytest.mark.slow
+def test_coreset_digits_runs(clone):
+    """The digits runs that select (each selection pass attacks every training image), shortened."""
+    for i, command in enumerate(c for c in commands_checked("short") if not c.endswith("selector=full")):
+        advtrain(command, clone, [*SHORT, f"output.dir=runs/coreset_{i}"])
+
+
+@pytest.mark.slow
+def test_perceptual_commands(clone):
+    """The digits PAT runs shortened (their selection pass still attacks every training image), then the eval."""
+    runs = [c for c in commands_checked("slow") if c.startswith("advtrain run")]
+    assert "advtrain run recipes/digits_perceptual.yaml" in runs
+    for command in runs:
+        out = "runs/digits_perceptual" if command.endswith(".yaml") else "runs/perceptual_coreset"
+        advtrain(command, clone, [*SHORT, f"output.dir={out}"])
     for command in commands_checked("slow"):
-        advtrain(command, clone, ["--n-examples", "4"])
+        if command.startswith("advtrain eval"):
+            advtrain(command, clone, ["--n-examples", "4"])
 
 
 @pytest.mark.slow
