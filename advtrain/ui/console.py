@@ -180,7 +180,7 @@ class ProgressReporter:
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None:
         if self._batch_task is not None:
             self._progress.remove_task(self._batch_task)
-        self._batch_task = self._progress.add_task(f"epoch {epoch + 1} [{phase}]", total=batches, status="")
+        self._batch_task = self._progress.add_task(escape(f"epoch {epoch + 1} [{phase}]"), total=batches, status="")
 
     def progress(self, done: int, loss: float, acc: float) -> None:
         """``done`` batches of the epoch trained; ``loss``/``acc`` are the epoch's means so far.
@@ -229,7 +229,7 @@ class _SelectionBar:
             self.clear()  # a new pass
         if stage not in self._tasks:
             what = "attack+features" if stage == "attack" else "solver"
-            self._tasks[stage] = self._progress.add_task(f"{escape(label)} [{what}]", status="", total=total)
+            self._tasks[stage] = self._progress.add_task(escape(f"{label} [{what}]"), status="", total=total)
         self._progress.update(self._tasks[stage], completed=done, total=total)
 
     def clear(self) -> None:

@@ -151,4 +151,5 @@ def test_advtrain_select_shows_progress_and_stops_between_batches_writing_nothin
     assert not (tmp_path / "c.npz").exists()
     code, out = cli("select", tiny_recipe, "selector=gradmatch", "selector.fraction=0.5", "--dump-indices",
                     "--out", "c.npz")
-    assert code == 0 and "gradmatch selection [attack+features]" in out and (tmp_path / "c.npz").is_file()
+    assert code == 0 and "gradmatch selection [attack+features] 5/5" in out and (tmp_path / "c.npz").is_file()
+    assert "gradmatch selection [solver] 1/1" in out
