@@ -50,6 +50,7 @@ CHECKS: list[tuple[str, str]] = [
     (r"advtrain select recipes/cifar10_trades\.yaml .*", "covered: test_cli_select.py"),
     (r"advtrain compare .*", "covered: test_cli_compare.py"),
     (r"torchrun .*", "covered: test_distributed.py"),
+    (r"advtrain eval (\S+\.safetensors --arch|--model-card) .*", "covered: test_cli_external.py"),
 ]
 
 
@@ -58,7 +59,7 @@ def readme_commands() -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     commands = []
     for block in blocks:
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # join continued lines
             command = re.sub(r"\s+#.*$", "", line).strip()
             if command and not command.startswith("#"):
                 commands.append(command)
