@@ -15,7 +15,7 @@ import typer
 
 from advtrain.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Efficient adversarial training with adversarial coreset selection.")
 
 LIST_KINDS = ("models", "datasets", "objectives", "attacks", "selectors", "optimizers", "lr_schedules",
@@ -23,11 +23,25 @@ LIST_KINDS = ("models", "datasets", "objectives", "attacks", "selectors", "optim
 _options = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from advtrain import __version__
+
+        typer.echo(f"advtrain {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="with an error, also print the Python traceback"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
 ) -> None:
-    """Efficient adversarial training with adversarial coreset selection."""
+    """Efficient adversarial training with adversarial coreset selection.
+
+    Results go to stdout, errors, warnings and status lines to stderr. Shell completion:
+    advtrain --install-completion (bash, zsh, fish, PowerShell).
+    """
     _options["debug"] = debug
 
 
@@ -72,8 +86,8 @@ def validate(
     from advtrain.ui import console
 
     resolved = load_recipe(recipe, overrides or [])
-    console.print_text(resolved.to_yaml())
-    console.info(f"ok: {resolved.source} is valid", style="green")
+    console.print_text(resolved.to_yaml())  # stdout: `advtrain validate R > resolved.yaml` is a recipe
+    console.status(f"ok: {resolved.source} is valid", style="green")
 
 
 @app.command()
@@ -134,10 +148,12 @@ def eval_cmd(
                                            help="with --arch: classes of the last layer (default: the data's)"),
     model_card: Path | None = typer.Option(None, "--model-card", help="YAML with model/threat/data sections for "
                                            "an external model (flags override it); see the README"),
+    as_json: bool = typer.Option(False, "--json", help="print report.json to stdout (tables go to stderr)"),
 ) -> None:
     """Evaluate a checkpoint under standard attacks; write eval/<attacks>_eps<ε>/report.{json,md} and a plot."""
     from advtrain.commands.evaluate import run_eval
     from advtrain.runtime.interrupts import on_signals
+    from advtrain.ui import console
 
     external = None
     if arch is not None or model_card is not None:
@@ -150,10 +166,13 @@ def eval_cmd(
                         "--arch timm:NAME (or torchvision:NAME) or --model-card too. An advtrain checkpoint "
                         "records all of them itself.")
     names = [n.strip() for a in (attack or ["pgd20"]) for n in a.split(",") if n.strip()]
-    with on_signals(_eval_interrupted):
-        run_eval(checkpoint, names, n_examples=n_examples, batch_size=batch_size, eps=eps, alpha=alpha,
-                 steps=steps, restarts=restarts, eps_sweep=eps_sweep, split=split, data_overrides=data or [],
-                 out=out, device=device, seed=seed, threads=threads, external=external)
+    with console.output_to_stderr(as_json), on_signals(_eval_interrupted):
+        report = run_eval(checkpoint, names, n_examples=n_examples, batch_size=batch_size, eps=eps, alpha=alpha,
+                          steps=steps, restarts=restarts, eps_sweep=eps_sweep, split=split,
+                          data_overrides=data or [], out=out, device=device, seed=seed, threads=threads,
+                          external=external)
+    if as_json:
+        console.print_json(report)
 
 
 def _eval_interrupted(sig: str) -> str:
@@ -177,11 +196,14 @@ def select(
 ) -> None:
     """Run one adversarial coreset selection and (with --dump-indices) write it to a .npz."""
     from advtrain.commands.select import run_select
+    from advtrain.runtime.interrupts import on_signals
 
     if not dump_indices:
         raise UserError("nothing to do: pass --dump-indices (and optionally --out FILE.npz) to write the "
                         "selected indices and weights.")
-    run_select(recipe, overrides or [], checkpoint=checkpoint, out=out, device=device, threads=threads)
+    with on_signals(lambda sig: f"advtrain select stopped by {sig} before it finished; nothing was written. "
+                                f"Run the same command again to select."):
+        run_select(recipe, overrides or [], checkpoint=checkpoint, out=out, device=device, threads=threads)
 
 
 @app.command()
@@ -191,27 +213,34 @@ def compare(
     out: Path = typer.Option(Path("compare"), "--out", help="folder for compare.{md,json} and tradeoff.png"),
     attack: str | None = typer.Option(None, "--attack", help="robust metric (default: aa if every run has it, "
                                       "else the strongest attack all runs were evaluated with)"),
+    as_json: bool = typer.Option(False, "--json", help="print compare.json to stdout instead of the table"),
 ) -> None:
     """Compare finished runs: robust accuracy vs training-loop speed-up, seeds grouped (paper Fig. 3)."""
-    from advtrain.reports.compare import run_compare
+    from advtrain.reports import compare as cmp
     from advtrain.ui import console
 
-    result = run_compare(runs, out, attack)
-    rows = [(r["label"], str(r["n"]), f"{r['speedup']['mean']:.2f}×" if "speedup" in r else "–",
-             f"{r['ideal_speedup']:.2f}×",
-             f"{100 * r['robust_acc']['mean']:.1f} ± {100 * r['robust_acc']['std']:.1f}" if "robust_acc" in r else "–")
-            for r in result["rows"]]
-    console.print_table(f"robust accuracy ({result['attack']}) vs speed-up", ["configuration", "seeds",
-                        "speed-up", "ideal", "robust acc %"], rows)
-    console.info(f"wrote {out}/compare.md, compare.json, tradeoff.png")
+    with console.output_to_stderr(as_json):
+        result = cmp.run_compare(runs, out, attack)
+    for line in result["skipped"] + result["warnings"]:
+        console.warn(line)
+    if as_json:
+        console.print_json(result)
+    else:
+        console.print_table(f"robust accuracy ({cmp.metric_title(result)}) vs speed-up", cmp.SUMMARY_COLUMNS,
+                            cmp.summary_rows(result))
+        for note in cmp.notes(result):
+            console.status(f"–: {note}")
+    console.status(f"wrote {out}/compare.md, compare.json, tradeoff.png")
 
 
 @app.command("list")
 @user_errors
-def list_cmd(kind: str = typer.Argument(..., help=" | ".join(LIST_KINDS))) -> None:
+def list_cmd(
+    kind: str = typer.Argument(..., help=" | ".join(LIST_KINDS)),
+    as_json: bool = typer.Option(False, "--json", help="print the entries as JSON to stdout"),
+) -> None:
     """List registered components with their parameters and defaults."""
     from advtrain.errors import did_you_mean
-    from advtrain.params import describe_fields
     from advtrain.ui import console
 
     kind = kind.lower().replace("-", "_")
@@ -219,6 +248,21 @@ def list_cmd(kind: str = typer.Argument(..., help=" | ".join(LIST_KINDS))) -> No
     kind = aliases.get(kind, kind)
     if kind not in LIST_KINDS:
         raise UserError(f"unknown kind '{kind}'{did_you_mean(kind, LIST_KINDS)} (choices: {', '.join(LIST_KINDS)})")
+    tables = _list_tables(kind)
+    if as_json:
+        console.print_json({"kind": kind, **{key: [dict(zip(columns, row, strict=True)) for row in rows]
+                                             for key, (_, columns, rows) in tables.items()}})
+        return
+    for title, columns, rows in tables.values():
+        console.print_table(title, [{"params": "params (defaults)"}.get(c, c.replace("_", " ")) for c in columns],
+                            rows)
+    if kind == "models":
+        console.info("Any timm model name also works (e.g. model.name=resnet50); CIFAR-style models are "
+                     "registered into timm by advtrain.")
+
+
+def _list_tables(kind: str) -> dict[str, tuple[str, list[str], list[tuple[str, ...]]]]:
+    """``advtrain list KIND`` as tables: key → (title, columns, rows); ``--json`` prints the rows by column."""
     if kind == "recipes":
         from advtrain.config.read import recipes_dir
 
@@ -226,35 +270,29 @@ def list_cmd(kind: str = typer.Argument(..., help=" | ".join(LIST_KINDS))) -> No
         for path in sorted(recipes_dir().glob("*.yaml")):
             first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
             rows.append((path.stem, first))
-        console.print_table("recipes", ["name", "what it reproduces"], rows)
-        return
+        return {"entries": ("recipes", ["name", "what_it_reproduces"], rows)}
     if kind == "attacks":
         from advtrain.attacks import ATTACKS
         from advtrain.attacks.presets import list_eval_presets
 
-        _print_registry("training attacks (attack.name)", ATTACKS, describe_fields)
-        console.print_table("evaluation attacks (eval.attacks, advtrain eval --attack)", ["name", "what"],
-                            list_eval_presets())
-        return
+        return {"entries": ("training attacks (attack.name)", ["name", "what", "params"], _registry_rows(ATTACKS)),
+                "eval_attacks": ("evaluation attacks (eval.attacks, advtrain eval --attack)", ["name", "what"],
+                                 list_eval_presets())}
     from advtrain.config.sections import SECTION_REGISTRIES
 
     section = {"models": "model", "datasets": "data", "objectives": "objective", "selectors": "selector",
                "optimizers": "optim", "lr_schedules": "lr_schedule"}[kind]
-    _print_registry(kind, SECTION_REGISTRIES[section], describe_fields)
-    if kind == "models":
-        console.info("Any timm model name also works (e.g. model.name=resnet50); CIFAR-style models are "
-                     "registered into timm by advtrain.")
+    return {"entries": (kind, ["name", "what", "params"], _registry_rows(SECTION_REGISTRIES[section]))}
 
 
-def _print_registry(title: str, registry: Any, describe: Callable[[Any], list]) -> None:
-    from advtrain.ui import console
+def _registry_rows(registry: Any) -> list[tuple[str, str, str]]:
+    from advtrain.params import describe_fields
 
     rows = []
     for entry in registry.entries():
-        fields = describe(entry.params)
-        params = ", ".join(f"{name}={default}" for name, default, _ in fields) or "-"
+        params = ", ".join(f"{name}={default}" for name, default, _ in describe_fields(entry.params)) or "-"
         rows.append((entry.name, entry.summary, params))
-    console.print_table(title, ["name", "what", "params (defaults)"], rows)
+    return rows
 
 
 def main() -> None:

@@ -176,7 +176,7 @@ def summarise(runs: list[Run], compare: dict, args: argparse.Namespace, grid: Gr
               "| configuration | measured | ideal E/(W+(E−W)·f) | measured / ideal | selection share |",
               "|---|---|---|---|---|"]
     for r in rows:
-        if r["selector"] == "full" or "speedup" not in r:
+        if r["selector"] == "full" or (r.get("speedup") or {}).get("mean") is None:
             continue
         lines.append(f"| {r['label']} | {r['speedup']['mean']:.2f}× | {r['ideal_speedup']:.2f}× | "
                      f"{r['speedup_vs_ideal']:.2f} | {100 * r['selection_share']['mean']:.1f}% |")

@@ -1,4 +1,8 @@
-"""``advtrain select --dump-indices``: one selection on a given (or fresh) model, written to .npz."""
+"""``advtrain select --dump-indices``: one selection on a given (or fresh) model, written to .npz.
+
+The pass shows its progress like training, and Ctrl-C / SIGTERM stop it between batches (exit 130)
+without writing ``--out``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from advtrain.config.load import load_recipe
 from advtrain.io import checkpoint as ckpt_io
 from advtrain.io.run_files import write_coreset_npz
 from advtrain.runtime.device import pick_device, resolve_precision
+from advtrain.runtime.interrupts import CommandInterrupted, StopRequest
 from advtrain.runtime.seeding import seed_everything
 from advtrain.runtime.threads import setup_threads
 from advtrain.selection.full_pass import select_coreset
@@ -30,8 +35,16 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
     epoch = int(ckpt.meta.get("epoch", 0)) if ckpt is not None else 0
     built = build.build_run(recipe, dev, weights=ckpt)
     data, selector = built.data, recipe.components["selector"]
-    coreset, timing = select_coreset(built.model, built.selection_objective, built.selector, data, seed=recipe.seed,
-                                     epoch=epoch, device=dev, amp_dtype=resolve_precision(recipe.precision, dev))
+    stop = StopRequest(console.status)
+    with stop.installed(), console.SelectionProgress(f"{selector.name} selection") as bar:
+        def progress(stage: str, done: int, total: int) -> None:
+            bar(stage, done, total)
+            if stop.requested:
+                raise CommandInterrupted(interrupted_message(stop.name, out, stage, done, total))
+
+        coreset, timing = select_coreset(built.model, built.selection_objective, built.selector, data,
+                                         seed=recipe.seed, epoch=epoch, device=dev,
+                                         amp_dtype=resolve_precision(recipe.precision, dev), progress=progress)
     hist = torch.bincount(coreset.labels, minlength=data.num_classes).numpy()
     full_hist = torch.bincount(data.train.labels.cpu(), minlength=data.num_classes).numpy()
     extra = {"label_histogram": hist, "train_label_histogram": full_hist, "n_train": np.array(len(data.train)),
@@ -46,3 +59,10 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
           f"{timing.features_s:.2f}s", f"{timing.solver_s:.3f}s", " ".join(map(str, hist.tolist())))])
     console.info(f"wrote {out}")
     return arrays
+
+
+def interrupted_message(signal_name: str, out: Path, stage: str, done: int, total: int) -> str:
+    """What a stop request during the selection pass means: nothing written, run it again."""
+    where = f"after batch {done} of {total} of the selection pass" if stage == "attack" else "before the solver"
+    return (f"advtrain select stopped by {signal_name} {where}; nothing was written ({out} is untouched). Run the "
+            f"same command again to select.")

@@ -98,7 +98,9 @@ def print_run_summary(resolved: Recipe, report: dict, result: Any) -> None:
         console.print_table(f"test (first {test['n_examples']} examples, last model)", ["attack", "accuracy"],
                             trows)
     speed = report.get("speedup")
-    if speed:
+    if speed and speed.get("speedup") is None:
+        console.info(f"speed-up not measured: {speed.get('note') or 'no timed epochs'}")
+    elif speed:
         console.info(f"a coreset epoch took {speed['coreset_epoch_s']:.2f}s against {speed['full_epoch_s']:.2f}s "
                      f"for a full epoch ({speed['epoch_ratio']:.0%}); training-loop speed-up against full "
                      f"training of the same schedule (estimated from the full epochs): {speed['speedup']:.2f}× "

@@ -36,8 +36,9 @@ def epoch_checkpoint_name(epoch: int) -> str:
 
 
 def coreset_name(epoch: int) -> str:
-    """The coreset chosen at (0-based) ``epoch``, inside :data:`CORESET_DIR`."""
-    return f"epoch_{epoch:03d}.npz"
+    """The coreset chosen for (0-based) ``epoch``, inside :data:`CORESET_DIR`, named by the 1-based epoch
+    number users read everywhere else (screen, report.md, checkpoint names): ``epoch_002.npz`` trains epoch 2."""
+    return f"epoch_{epoch + 1:03d}.npz"
 
 
 def write_json(path: Path, record: dict) -> None:

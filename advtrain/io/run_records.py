@@ -88,6 +88,8 @@ class RunReport:
     loop_seconds: float
     speedup: dict[str, float] | None
     best_metric: float | None
+    best_metric_name: str | None
+    best_split: str | None
     best_epoch: int | None
     final_val: dict[str, float]
     test: dict[str, Any] | None

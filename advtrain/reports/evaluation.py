@@ -379,12 +379,18 @@ def plot_eps_sweep(path: Path, sweep: list[SweepPoint]) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = [point.eps_float * (255 if point.norm == "linf" else 1) for point in sweep]
-    ax.plot(xs, [100 * point.robust_acc for point in sweep], marker="o")
+    ys = [100 * point.robust_acc for point in sweep]
+    # Markers only: accuracy was measured at these ε and nowhere between them.
+    ax.plot(xs, ys, linestyle="none", marker="o")
+    for x, y in zip(xs, ys, strict=True):
+        ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xticks(xs)
+    ax.margins(x=0.1, y=0.15)
     norm = sweep[0].norm if sweep else "linf"
-    ax.set_xlabel("ε × 255 (ℓ∞)" if norm == "linf" else "ε (ℓ2)")
+    ax.set_xlabel("ε × 255 (ℓ∞), measured points only" if norm == "linf" else "ε (ℓ2), measured points only")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_title(f"{sweep[0].attack if sweep else ''} robust accuracy vs ε")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)

@@ -40,21 +40,35 @@ def epoch_seconds(metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def speedup_estimate(metrics: Sequence[dict[str, Any]], epochs: int) -> dict[str, float] | None:
+def speedup_estimate(metrics: Sequence[dict[str, Any]], epochs: int, *, max_steps: int | None = None,
+                     batch_size: int | None = None) -> dict[str, Any] | None:
     """A coreset run's loop against full training of the same schedule, from its own epochs.
 
-    Full training is estimated as ``epochs`` × the median full-data (warm-start) epoch; ``None``
-    when the run had no full-data or no coreset epoch to measure.
+    Full training is estimated as ``epochs`` × the median full-data (warm-start) epoch, timed in
+    the same process as the coreset epochs, so a machine busier or quieter than another run's does
+    not enter it. ``None`` when the run had no full-data or no coreset epoch to measure. When
+    ``train.max_steps_per_epoch`` (``max_steps``) cuts the coreset epochs to as many samples as the
+    full ones, both kinds of epoch do the same work: ``speedup`` is then None and ``note`` says why.
     """
     per_epoch = epoch_seconds(metrics)
     if "full" not in per_epoch or "coreset" not in per_epoch:
         return None
     loop_s, _, selection_s = loop_seconds(metrics)
     full_loop = epochs * per_epoch["full"]
-    return {"full_epoch_s": per_epoch["full"], "coreset_epoch_s": per_epoch["coreset"],
-            "epoch_ratio": per_epoch["coreset"] / per_epoch["full"], "loop_s": loop_s,
-            "estimated_full_loop_s": full_loop, "speedup": full_loop / loop_s if loop_s else float("nan"),
-            "selection_share": selection_s / loop_s if loop_s else 0.0}
+    estimate: dict[str, Any] = {
+        "full_epoch_s": per_epoch["full"], "coreset_epoch_s": per_epoch["coreset"],
+        "epoch_ratio": per_epoch["coreset"] / per_epoch["full"], "loop_s": loop_s,
+        "estimated_full_loop_s": full_loop, "speedup": full_loop / loop_s if loop_s else None,
+        "selection_share": selection_s / loop_s if loop_s else 0.0, "note": None}
+    samples = {phase: [int(m["samples"]) for m in metrics if m.get("phase") == phase and m.get("samples")]
+               for phase in ("full", "coreset")}
+    if max_steps is not None and samples["full"] and samples["coreset"] \
+            and min(samples["coreset"]) >= max(samples["full"]):
+        estimate["speedup"] = None
+        steps = f"{max_steps} steps" + (f" of {batch_size}" if batch_size else "")
+        estimate["note"] = (f"train.max_steps_per_epoch={max_steps} caps both kinds of epoch at {steps}, so "
+                            f"coreset and full-data epochs do the same work: no speed-up to measure")
+    return estimate
 
 
 def run_report(recipe: Recipe, result: RunResult, *, model_name: str, eval_attacks: Sequence[Any]) -> RunReport:
@@ -69,7 +83,9 @@ def run_report(recipe: Recipe, result: RunResult, *, model_name: str, eval_attac
         selector=recipe.components["selector"].name, epochs=recipe.schedule.epochs, epochs_run=result.epochs_run,
         wall_seconds=result.wall_seconds, train_seconds=epoch_s, selection_seconds=selection_s,
         selection_share=selection_s / epoch_s if epoch_s else 0.0, loop_seconds=loop_seconds(metrics)[0],
-        speedup=speedup_estimate(metrics, recipe.schedule.epochs), best_metric=result.best_metric,
+        speedup=speedup_estimate(metrics, recipe.schedule.epochs, max_steps=recipe.train.max_steps_per_epoch,
+                                 batch_size=recipe.components["data"].params.batch_size),
+        best_metric=result.best_metric, best_metric_name=best_metric_name(metrics), best_split=recipe.eval.split,
         best_epoch=None if result.best_epoch is None else result.best_epoch + 1, final_val=result.final_val,
         test=eval_record(result.test, list(eval_attacks)) if result.test is not None else None,
         compile=result.compile, advtrain_version=__version__, recipe=recipe.resolved)
@@ -81,6 +97,14 @@ def write_run_report(files: RunFiles, report: RunReport, metrics: Sequence[Metri
     lines = [m.to_json() for m in metrics]
     files.write_report(record, run_markdown(record), curves_png(lines) if lines else None)
     return record
+
+
+def best_metric_name(metrics: Sequence[dict[str, Any]]) -> str | None:
+    """What the best model is chosen by: the first robust validation accuracy, else clean (as the loop does)."""
+    val = next((m["val"] for m in metrics if m.get("val")), None)
+    if not val:
+        return None
+    return next((k for k in val if k != "clean"), "clean")
 
 
 def curves_png(metrics: list[dict]) -> bytes:
@@ -118,8 +142,19 @@ def curves_png(metrics: list[dict]) -> bytes:
     return image.getvalue()
 
 
+def _best_line(report: dict) -> str:
+    """``best.safetensors``: which accuracy chose it, its value and its (1-based) epoch."""
+    if report.get("best_metric") is None:
+        return "- best model: none (no validation ran)"
+    name = report.get("best_metric_name") or "validation accuracy"
+    what = "clean accuracy" if name == "clean" else f"robust accuracy under {name}"
+    split = f", {report['best_split']} split" if report.get("best_split") else ""
+    return (f"- best model (best.safetensors): {what} {percent(report['best_metric'])} on validation{split}, "
+            f"at epoch {report['best_epoch']} of {report['epochs']}")
+
+
 def run_markdown(report: dict) -> str:
-    """A Markdown page for a finished training run."""
+    """A Markdown page for a finished training run (epochs numbered from 1, as on screen)."""
     lines = [
         f"# Run report: {report['name']}",
         "",
@@ -127,7 +162,7 @@ def run_markdown(report: dict) -> str:
         f"attack {report['attack']}, selector {report['selector']}",
         f"- epochs run: {report['epochs_run']}; wall time {report['wall_seconds']:.1f}s; "
         f"selection {report['selection_seconds']:.1f}s ({report['selection_share']:.1%})",
-        f"- best validation metric {report['best_metric']} at epoch {report['best_epoch']}",
+        _best_line(report),
     ]
     compiled = report.get("compile")
     if compiled:
@@ -136,7 +171,9 @@ def run_markdown(report: dict) -> str:
             compiled["warmup_s"] is not None else f"fell back to eager ({compiled['fallback']})"
             if not compiled["compiled"] else "compiled"))
     speed = report.get("speedup")
-    if speed:
+    if speed and speed.get("speedup") is None:
+        lines.append(f"- speed-up: not measured; {speed.get('note') or 'no timed epochs'}")
+    elif speed:
         lines.append(
             f"- coreset epoch {speed['coreset_epoch_s']:.2f}s vs full epoch {speed['full_epoch_s']:.2f}s "
             f"({speed['epoch_ratio']:.0%}); training loop {speed['loop_s']:.1f}s (selection "

@@ -1,8 +1,9 @@
 """SIGINT/SIGTERM: stop with the command's own message and exit 130.
 
 Inside the training epochs, :class:`StopRequest` only records the signal: the loop finishes the
-step, saves, and says how to resume. Everything else a command does (building, the final test
-evaluation, ``advtrain eval``) runs inside :func:`on_signals`, which turns either signal into
+step (or the batch of a coreset selection pass), saves, and says how to resume. Everything else a
+command does (building, the final test evaluation, ``advtrain eval``) runs inside
+:func:`on_signals`, which turns either signal into
 :class:`CommandInterrupted` carrying the command's wording; the CLI prints it as one panel and
 exits with 130.
 """

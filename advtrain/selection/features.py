@@ -9,7 +9,9 @@ running statistics must not move.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,11 +37,13 @@ def gradient_features(
     amp_dtype: torch.dtype | None = None,
     bias_only: bool = False,
     indices: Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Tensor, Tensor, SelectionTiming]:
     """Per-sample last-layer gradients at the objective's adversarial points.
 
     Returns ``(features (n, D) on device, labels (n,), timing)`` with rows in the order of
-    ``indices`` (default: every sample of ``source``).
+    ``indices`` (default: every sample of ``source``). ``progress(done, total)`` is called after
+    each batch; it may raise to stop the pass between batches (a stop request).
     """
     from advtrain.data import iterate_batches
 
@@ -47,9 +51,11 @@ def gradient_features(
     timing = SelectionTiming()
     rows: list[Tensor] = []
     labels: list[Tensor] = []
+    total = math.ceil(len(indices) / batch_size)
     with eval_mode(model):
-        for x, y, _ in iterate_batches(source, indices, batch_size, shuffle=False, generator=None,
-                                       augment="none", device=device):
+        batches = iterate_batches(source, indices, batch_size, shuffle=False, generator=None, augment="none",
+                                  device=device)
+        for done, (x, y, _) in enumerate(batches, 1):
             t0 = time.perf_counter()
             with autocast(device, amp_dtype):
                 points = objective.selection_points(model, x, y)
@@ -62,4 +68,6 @@ def gradient_features(
             _sync(device)
             timing.attack_s += t1 - t0
             timing.features_s += time.perf_counter() - t1
+            if progress is not None:
+                progress(done, total)
     return torch.cat(rows), torch.cat(labels), timing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,10 +16,15 @@ from advtrain.selection.coreset import Coreset, SelectionTiming
 from advtrain.selection.features import gradient_features
 from advtrain.selection.selectors import Selector
 
+#: ``progress(stage, done, total)``: stage ``"attack"`` after each batch of the attack and feature
+#: pass, ``"solver"`` with done 0 before the solver and 1 after it. It may raise to stop the pass.
+SelectionProgress = Callable[[str, int, int], None]
+
 
 def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: Any, *, seed: int, epoch: int,
                    device: torch.device, amp_dtype: torch.dtype | None = None,
-                   ctx: DistContext | None = None) -> tuple[Coreset, SelectionTiming]:
+                   ctx: DistContext | None = None,
+                   progress: SelectionProgress | None = None) -> tuple[Coreset, SelectionTiming]:
     """Build the adversarial points and gradient features of the whole training set and solve.
 
     The solver's randomness (batch partition, random fill) comes from ``(seed, epoch)`` so a
@@ -26,8 +32,10 @@ def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: A
     parallel: each rank attacks and scores its contiguous shard, the features are gathered in
     order, rank 0 solves and broadcasts the coreset, so every rank trains on the same subset.
 
-    ``selector`` is the built :class:`Selector` (``advtrain.build``).
+    ``selector`` is the built :class:`Selector` (``advtrain.build``). ``progress`` reports the pass
+    (:data:`SelectionProgress`); every rank calls it at the solver stage, after the gather.
     """
+    report = progress or (lambda stage, done, total: None)
     ctx = ctx or DistContext()
     start = time.perf_counter()
     if not selector.needs_features:  # a random subset needs no adversarial points: no attack pass
@@ -37,8 +45,10 @@ def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: A
         feats, labels, timing = gradient_features(
             model, objective, data.train, batch_size=data.batch_size, device=device, amp_dtype=amp_dtype,
             bias_only=selector.bias_only,
-            indices=distributed.shard_range(ctx, len(data.train)) if ctx.enabled else None)
+            indices=distributed.shard_range(ctx, len(data.train)) if ctx.enabled else None,
+            progress=lambda done, total: report("attack", done, total))
         feats, labels = distributed.gather_rows(ctx, feats), distributed.gather_rows(ctx, labels)
+    report("solver", 0, 1)
     solve_start = time.perf_counter()
     indices = weights = None
     if ctx.is_main:
@@ -51,5 +61,6 @@ def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: A
     indices = distributed.broadcast_tensor(ctx, indices, dtype=torch.int64, device=device)
     weights = distributed.broadcast_tensor(ctx, weights, dtype=torch.float32, device=device)
     indices = indices.cpu()
+    report("solver", 1, 1)
     timing.solver_s, timing.total_s = solver_s, time.perf_counter() - start
     return Coreset(indices, weights.cpu(), epoch, labels.cpu()[indices]), timing

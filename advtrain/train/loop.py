@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -444,7 +444,8 @@ class Trainer:
             torch.manual_seed(derive_seed(self.recipe.seed, "select-attack", epoch))
             coreset, timing = select_coreset(self.model, self.parts.selection_objective, self.parts.selector, self.data,
                                              seed=self.recipe.seed, epoch=epoch, device=self.device,
-                                             amp_dtype=self.amp_dtype, ctx=self.dist)
+                                             amp_dtype=self.amp_dtype, ctx=self.dist,
+                                             progress=self._selection_progress(epoch))
         self.state.coreset = coreset
         self.files.write_coreset(epoch, indices=coreset.indices, weights=coreset.weights, labels=coreset.labels)
         info = timing.record(len(coreset))
@@ -454,6 +455,26 @@ class Trainer:
             f"{epoch + 1}: attack {timing.attack_s:.1f}s, features {timing.features_s:.1f}s, "
             f"solver {timing.solver_s:.2f}s")
         return info
+
+    def _selection_progress(self, epoch: int) -> Callable[[str, int, int], None]:
+        """Show the selection pass, and stop it between its batches on a stop request.
+
+        Stopping keeps the end-of-epoch checkpoint before the pass; a resume redoes the selection
+        exactly (its randomness comes from ``(seed, epoch)``). Data parallel: the ranks agree once,
+        before the solver, where every rank arrives (their shards may differ in batches).
+        """
+        def progress(stage: str, done: int, total: int) -> None:
+            self.reporter.selection(epoch, stage, done, total)
+            if self.dist.enabled:
+                stop = stage == "solver" and done == 0 and distributed.any_rank(self.dist, self.stop.requested,
+                                                                                 self.device)
+            else:
+                stop = self.stop.requested
+            if stop:
+                raise TrainingInterrupted(stops.selection_interrupt_message(
+                    self.stop.name, self.files.last, epoch=epoch, stage=stage, done=done, total=total))
+
+        return progress
 
     # ------------------------------------------------------------ evaluation
     def _eval_due(self, epoch: int) -> bool:

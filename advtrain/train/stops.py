@@ -21,6 +21,18 @@ def interrupt_message(signal_name: str, saved: Path, *, epoch: int, batch: int |
             f"(same recipe and overrides).")
 
 
+def selection_interrupt_message(signal_name: str, last: Path, *, epoch: int, stage: str, done: int,
+                                total: int) -> str:
+    """Stopped by a signal in the coreset selection at the start of (0-based) ``epoch``."""
+    where = (f"after batch {done} of {total} of the coreset selection for epoch {epoch + 1}" if stage == "attack"
+             else f"in the coreset selection for epoch {epoch + 1}, before its solver")
+    if not last.exists():
+        return (f"stopped by {signal_name} {where}; no epoch had finished, so there was nothing to save. Start "
+                f"again: advtrain run <recipe> --overwrite (same recipe and overrides).")
+    return (f"stopped by {signal_name} {where}; {last} (the end of epoch {epoch}) is kept and the selection is "
+            f"redone on resume. Continue with: advtrain run <recipe> --resume (same recipe and overrides).")
+
+
 def divergence_message(epoch: int, bad_batch: int, bad_kind: str | None, kept: str) -> str:
     """A non-finite loss or gradient at (0-based) ``bad_batch`` of ``epoch``; ``kept`` says what was saved."""
     return (f"non-finite {bad_kind or 'loss'} at epoch {epoch + 1}, batch {bad_batch + 1}; {kept}. Try a lower "

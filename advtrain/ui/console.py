@@ -11,7 +11,8 @@ for the whole line.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -29,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 _console: Console | None = None
+_err_console: Console | None = None
 
 
 def console() -> Console:
@@ -39,9 +41,18 @@ def console() -> Console:
     return _console
 
 
+def err_console() -> Console:
+    """The console on stderr: errors, warnings and status lines, so stdout holds only a command's output."""
+    global _err_console  # noqa: PLW0603 - the terminal's second stream
+    if _err_console is None:
+        _err_console = Console(stderr=True, highlight=False, soft_wrap=False, width=None if os.isatty(2) else 120)
+    return _err_console
+
+
 def print_error(title: str, message: str) -> None:
-    """One red panel for a user error; no traceback."""
-    console().print(Panel(escape(message), title=f"[bold red]{escape(title)}", border_style="red", expand=False))
+    """One red panel for a user error on stderr; no traceback."""
+    err_console().print(Panel(escape(message), title=f"[bold red]{escape(title)}", border_style="red",
+                              expand=False))
 
 
 def info(message: str, *, style: str | None = None) -> None:
@@ -49,15 +60,39 @@ def info(message: str, *, style: str | None = None) -> None:
     console().print(escape(message), style=style)
 
 
+def status(message: str, *, style: str | None = None) -> None:
+    """A line about what a command did (``ok: ... is valid``, ``wrote ...``), on stderr beside its output."""
+    err_console().print(escape(message), style=style)
+
+
 def warn(message: str) -> None:
-    console().print(f"[yellow]warning:[/] {escape(message)}")
+    err_console().print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def print_json(data: Any) -> None:
+    """``data`` as JSON on stdout, nothing else (``--json``): NaN and infinities become null."""
+    import json
+    import math
+    import sys
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    sys.stdout.write(json.dumps(clean(data), indent=2, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def print_traceback(err: BaseException) -> None:
     """``--debug``: the traceback of ``err`` and of the exception it was raised from."""
     import traceback
 
-    console().print("".join(traceback.format_exception(err)), markup=False, highlight=False)
+    err_console().print("".join(traceback.format_exception(err)), markup=False, highlight=False)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -70,7 +105,25 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
 
 
 def print_text(text: str) -> None:
-    console().print(text, markup=False, highlight=False)
+    """``text`` on stdout exactly as given (no wrapping at the terminal width): output others may parse."""
+    import sys
+
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def output_to_stderr(enabled: bool = True) -> Iterator[None]:
+    """While inside (when ``enabled``), tables, progress and info lines go to stderr: stdout is for ``--json``."""
+    global _console  # noqa: PLW0603 - the same single terminal, one stream over
+    if not enabled:
+        yield
+        return
+    previous, _console = _console, err_console()
+    try:
+        yield
+    finally:
+        _console = previous
 
 
 class Reporter(Protocol):
@@ -80,6 +133,8 @@ class Reporter(Protocol):
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None: ...
     def progress(self, done: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None: ...
+    def selection(self, epoch: int, stage: str, done: int, total: int) -> None:
+        """The coreset selection before ``epoch``: ``attack`` batches ``done`` of ``total``, or the ``solver``."""
     def message(self, text: str, *, style: str | None = None) -> None: ...
     def stop(self) -> None: ...
 
@@ -91,6 +146,7 @@ class SilentReporter:
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None: ...
     def progress(self, done: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None: ...
+    def selection(self, epoch: int, stage: str, done: int, total: int) -> None: ...
     def message(self, text: str, *, style: str | None = None) -> None: ...
     def stop(self) -> None: ...
 
@@ -113,6 +169,7 @@ class ProgressReporter:
         )
         self._epoch_task: TaskID | None = None
         self._batch_task: TaskID | None = None
+        self._select = _SelectionBar(self._progress)
         self._val = ""
 
     def start(self, total_epochs: int, first_epoch: int) -> None:
@@ -123,7 +180,7 @@ class ProgressReporter:
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None:
         if self._batch_task is not None:
             self._progress.remove_task(self._batch_task)
-        self._batch_task = self._progress.add_task(f"epoch {epoch + 1} [{phase}]", total=batches, status="")
+        self._batch_task = self._progress.add_task(escape(f"epoch {epoch + 1} [{phase}]"), total=batches, status="")
 
     def progress(self, done: int, loss: float, acc: float) -> None:
         """``done`` batches of the epoch trained; ``loss``/``acc`` are the epoch's means so far.
@@ -134,7 +191,12 @@ class ProgressReporter:
         self._progress.update(self._batch_task, completed=done,
                               status=f"loss {loss:.4f}  train acc {acc:.3f}")
 
+    def selection(self, epoch: int, stage: str, done: int, total: int) -> None:
+        """A bar with ETA over the attack and feature batches, then one for the solver while it runs."""
+        self._select(f"select for epoch {epoch + 1}", stage, done, total)
+
     def epoch_end(self, epoch: int, summary: dict[str, Any]) -> None:
+        self._select.clear()
         val = summary.get("val") or {}
         if val:
             self._val = "  ".join(f"{k} {v:.3f}" for k, v in val.items())
@@ -150,6 +212,50 @@ class ProgressReporter:
 
     def stop(self) -> None:
         self._progress.stop()
+
+
+class _SelectionBar:
+    """The bars of one coreset selection pass on a live ``Progress``: attack batches with ETA, then the solver.
+
+    Finished bars stay (they show what the pass took) until :meth:`clear` or the next pass.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, TaskID] = {}
+
+    def __call__(self, label: str, stage: str, done: int, total: int) -> None:
+        if stage == "attack" and done <= 1 or stage == "solver" and done == 0 and "solver" in self._tasks:
+            self.clear()  # a new pass
+        if stage not in self._tasks:
+            what = "attack+features" if stage == "attack" else "solver"
+            self._tasks[stage] = self._progress.add_task(escape(f"{label} [{what}]"), status="", total=total)
+        self._progress.update(self._tasks[stage], completed=done, total=total)
+
+    def clear(self) -> None:
+        for task in self._tasks.values():
+            self._progress.remove_task(task)
+        self._tasks = {}
+
+
+class SelectionProgress:
+    """``advtrain select``'s bars: a context manager, called as ``progress(stage, done, total)``."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._progress = Progress(TextColumn("{task.description}"), *_bar_columns(), console=console(),
+                                  transient=False)
+        self._bar = _SelectionBar(self._progress)
+
+    def __enter__(self) -> SelectionProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self._bar(self._label, stage, done, total)
 
 
 def _epoch_line(epoch: int, summary: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ def test_run_with_selector_writes_coresets_and_timings(cli, tiny_recipe, tmp_pat
     selections = [m["selection"] for m in metrics if m["selection"]]
     assert len(selections) == 2  # epochs 2 and 4 (1-based)
     assert set(selections[0]) >= {"attack_s", "features_s", "solver_s", "total_s"}
-    saved = np.load(run / "coreset/epoch_001.npz")
+    saved = np.load(run / "coreset/epoch_002.npz")
     # budget 0.5 · 72 = 36 samples → ceil(36 / 8) = 5 whole batches of 8
     assert len(saved["indices"]) == metrics[1]["coreset_size"] == 40
     assert (saved["weights"] > 0).all()
@@ -88,10 +88,68 @@ def test_select_dump_is_the_run_coreset_format_plus_extras(cli, tiny_recipe, tmp
     code, out = cli("select", tiny_recipe, *args, "--checkpoint", tmp_path / "runs/tiny/last.safetensors",
                     "--dump-indices", "--out", "c.npz")
     assert code == 0, out
-    run, dump = np.load(tmp_path / "runs/tiny/coreset/epoch_001.npz"), np.load(tmp_path / "c.npz")
+    run, dump = np.load(tmp_path / "runs/tiny/coreset/epoch_002.npz"), np.load(tmp_path / "c.npz")
     assert run.files == ["indices", "weights", "labels", "epoch"]
     assert dump.files[:4] == run.files
     assert set(dump.files[4:]) == {"label_histogram", "train_label_histogram", "n_train", "selector", "attack_s",
                                    "features_s", "solver_s", "total_s", "size"}
     for key in run.files:
         assert dump[key].dtype == run[key].dtype and dump[key].ndim == run[key].ndim, key
+
+
+def _stop_at_first_selection_batch(monkeypatch, cls, method: str) -> list[tuple]:
+    """Patch ``cls.method`` (a selection progress callback) to send SIGINT to this process at its first
+    attack batch, as a Ctrl-C would; returns the calls it saw."""
+    import os
+    import signal
+
+    calls: list[tuple] = []
+    original = getattr(cls, method)
+
+    def patched(self, *args):
+        calls.append(args[-3:])
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, method, patched)
+    return calls
+
+
+def test_a_stop_request_mid_selection_stops_between_batches_and_resumes_identically(cli, tiny_recipe, tmp_path):
+    from advtrain.ui import console
+
+    args = [*CORESET, "selector=gradmatch", "selector.fraction=0.5", "selector.batch_size=8"]
+    assert cli("run", tiny_recipe, *args, "output.dir=runs/straight")[0] == 0
+    with pytest.MonkeyPatch.context() as patch:  # (monkeypatch.undo() would also undo the cli fixture's chdir)
+        calls = _stop_at_first_selection_batch(patch, console.ProgressReporter, "selection")
+        code, out = cli("run", tiny_recipe, *args, "output.dir=runs/stopped")
+    assert code == 130, out
+    # 72 training samples in batches of 16: 5 attack batches; the pass stopped after the first
+    assert calls == [("attack", 1, 5)]
+    assert "stopped by SIGINT after batch 1 of 5 of the coreset selection for epoch 2" in out
+    assert "the end of epoch 1) is kept" in out and "--resume" in out
+    stopped = tmp_path / "runs/stopped"
+    assert len((stopped / "metrics.jsonl").read_text().splitlines()) == 1 and not (stopped / "coreset").exists()
+    code, out = cli("run", tiny_recipe, *args, "output.dir=runs/stopped", "--resume")
+    assert code == 0, out
+    a, b = _model(tmp_path / "runs/straight/last.safetensors"), _model(stopped / "last.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_advtrain_select_shows_progress_and_stops_between_batches_writing_nothing(cli, tiny_recipe, tmp_path):
+    from advtrain.ui import console
+
+    with pytest.MonkeyPatch.context() as patch:
+        calls = _stop_at_first_selection_batch(patch, console.SelectionProgress, "__call__")
+        code, out = cli("select", tiny_recipe, "selector=gradmatch", "selector.fraction=0.5", "--dump-indices",
+                        "--out", "c.npz")
+    assert code == 130, out
+    assert calls == [("attack", 1, 5)]
+    assert "advtrain select stopped by SIGINT after batch 1 of 5 of the selection pass; nothing was written" in out
+    assert not (tmp_path / "c.npz").exists()
+    code, out = cli("select", tiny_recipe, "selector=gradmatch", "selector.fraction=0.5", "--dump-indices",
+                    "--out", "c.npz")
+    assert code == 0 and "gradmatch selection [attack+features] 5/5" in out and (tmp_path / "c.npz").is_file()
+    assert "gradmatch selection [solver] 1/1" in out

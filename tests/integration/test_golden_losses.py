@@ -94,7 +94,7 @@ def test_gradmatch_coreset_training_reproduces_its_golden_losses_and_coresets(cl
     assert [m["phase"] for m in metrics] == ["full", "coreset", "coreset"]
     _check(metrics, GRADMATCH_LOSSES, GRADMATCH_VAL)
     for epoch, (size, weight_sum, index_sum, first) in GRADMATCH_CORESETS.items():
-        with np.load(run / "coreset" / f"epoch_{epoch:03d}.npz") as saved:
+        with np.load(run / "coreset" / f"epoch_{epoch + 1:03d}.npz") as saved:
             indices, weights = saved["indices"], saved["weights"]
         assert len(indices) == size and metrics[epoch]["selection"]["size"] == size
         assert int(indices.sum()) == index_sum and indices[:8].tolist() == first

@@ -14,6 +14,9 @@ from advtrain.reports.compare import (
     compare_runs,
     ideal_speedup,
     load_run,
+    load_runs,
+    markdown,
+    notes,
     paired_difference,
     relative_robust_error,
     run_compare,
@@ -130,6 +133,15 @@ def test_fractions_written_as_text_equal_their_value(tmp_path):
     assert len(compare_runs([load_run(a), load_run(b)])["rows"]) == 2
 
 
+def test_lists_of_mappings_in_recipes_compare_without_error(tmp_path):
+    runs = [make_run(tmp_path, "full", 1.0, 0, 0.5), make_run(tmp_path, "random", 0.5, 0, 0.4)]
+    for run in runs:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        recipe["optim"] = {"name": "sgd", "param_groups": [{"lr": 0.1, "tags": ["a"]}]}
+        (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert len(compare_runs([load_run(p) for p in runs])["rows"]) == 2
+
+
 def test_same_configuration_and_seed_twice_is_refused(tmp_path):
     a = make_run(tmp_path / "a", "random", 0.5, 0, 0.5)
     b = make_run(tmp_path / "b", "random", 0.5, 0, 0.4)
@@ -161,3 +173,186 @@ def test_run_compare_writes_tables_json_and_plot(tmp_path):
     assert len(data["runs"]) == 9 and "## Runs" in text
     assert {r["seed"] for r in data["runs"]} == {0, 1}
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _runs(root: Path, **full_kw) -> list[Path]:
+    return [make_run(root, "full", 1.0, s, 0.5, **full_kw) for s in (0, 1)] + \
+        [make_run(root, "gradmatch", 0.5, s, 0.45, **full_kw) for s in (0, 1)]
+
+
+def test_a_full_run_100_percent_robust_gives_a_dash_with_a_reason_not_a_crash(tmp_path):
+    runs = [make_run(tmp_path, "full", 1.0, s, 1.0) for s in (0, 1)]
+    runs += [make_run(tmp_path, "random", 0.5, s, r) for s, r in ((0, 0.9), (1, 1.0))]
+    result = compare_runs([load_run(p) for p in runs])
+    row = {r["selector"]: r for r in result["rows"]}["random"]
+    assert row["relative_robust_error"]["mean"] is None
+    assert "100% robust" in row["relative_robust_error"]["note"]
+    assert any("rel. robust error: the full-data runs are 100% robust" in n for n in notes(result))
+    assert "| – |" in markdown(result) or markdown(result).rstrip().endswith("–")
+    json.dumps(result, allow_nan=False)  # strict JSON: undefined values are null, never NaN
+
+
+def test_one_seed_has_no_spread_rather_than_zero(tmp_path):
+    runs = [make_run(tmp_path, "full", 1.0, 0, 0.5), make_run(tmp_path, "random", 0.5, 0, 0.4)]
+    result = compare_runs([load_run(p) for p in runs])
+    assert result["rows"][1]["robust_acc"] == {"mean": 0.4, "std": None, "n": 1, "note": "one seed: no spread"}
+    assert "40.0 (1)" in markdown(result) and "40.0 ± " not in markdown(result)
+
+
+def test_within_run_speedup_is_the_headline_and_ignores_the_load_of_other_runs(tmp_path):
+    quiet = [make_run(tmp_path / "q", "full", 1.0, 0, 0.5), make_run(tmp_path / "q", "gradmatch", 0.5, 0, 0.45)]
+    # the coreset run made while the machine was twice as slow: every second of it doubles
+    busy = make_run(tmp_path / "b", "gradmatch", 0.5, 0, 0.45, full_epoch=20.0, selection=2.0)
+    quiet_row = compare_runs([load_run(p) for p in quiet])["rows"][1]
+    result = compare_runs([load_run(quiet[0]), load_run(busy)])
+    busy_row = result["rows"][1]
+    assert busy_row["speedup_within"]["mean"] == pytest.approx(quiet_row["speedup_within"]["mean"], rel=1e-12)
+    assert busy_row["speedup_within"]["mean"] == pytest.approx(40 / 27)
+    assert busy_row["speedup"]["mean"] == pytest.approx(40 / 54)  # against the quiet full run: misleading
+    (warning,) = result["warnings"]
+    assert "10.00s" in warning and "20.00s" in warning and "different machine loads" in warning
+    assert result["reference"]["speedup_within"].startswith("the run's own full-data")
+    assert compare_runs([load_run(p) for p in quiet])["warnings"] == []
+    # within the tolerance: 10 s against 10.5 s is ordinary jitter
+    near = make_run(tmp_path / "n", "gradmatch", 0.5, 0, 0.45, full_epoch=10.5)
+    assert compare_runs([load_run(quiet[0]), load_run(near)])["warnings"] == []
+
+
+def test_a_run_without_warm_start_has_no_within_run_speedup_and_says_why(tmp_path):
+    runs = [make_run(tmp_path, "full", 1.0, 0, 0.5), make_run(tmp_path, "random", 0.5, 0, 0.4, warm=0)]
+    row = compare_runs([load_run(p) for p in runs])["rows"][1]
+    assert row["speedup_within"]["mean"] is None and "warm_start_epochs=0" in row["speedup_within"]["note"]
+    assert row["speedup"]["mean"] == pytest.approx(40 / (20 + 2))
+
+
+def _eval_report(run: Path, name: str, acc: float, *, steps: int | None, standard: bool) -> None:
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "report.json").write_text(json.dumps(
+        {"split": "test", "n_examples": 1000, "clean_acc": 0.9, "robust_acc": {name: acc},
+         "attacks": [{"name": name, "family": "aa", "steps": steps, "standard": standard, "robust_acc": acc}]}))
+
+
+def test_a_reduced_autoattack_is_never_the_headline_aa(tmp_path):
+    runs = [make_run(tmp_path, "full", 1.0, 0, 0.5), make_run(tmp_path, "random", 0.5, 0, 0.4)]
+    for run in runs:  # `advtrain eval --attack aa --steps 10` writes the name "aa", standard false
+        _eval_report(run, "aa", 0.3, steps=10, standard=False)
+    result = compare_runs([load_run(p) for p in runs])
+    assert result["attack"] == "aa10" and "NOT standard AutoAttack" in result["attack_note"]
+    assert "aa10 (NON-STANDARD" in markdown(result)
+    with pytest.raises(UserError, match="--attack aa: not evaluated"):
+        compare_runs([load_run(p) for p in runs], attack="aa")
+    for run in runs:  # the standard one is the headline again
+        _eval_report(run, "aa", 0.35, steps=None, standard=True)
+    result = compare_runs([load_run(p) for p in runs])
+    assert (result["attack"], result["attack_note"]) == ("aa", None)
+
+
+def test_aa_with_its_budget_in_the_name_is_labelled_non_standard(tmp_path):
+    runs = [make_run(tmp_path, "full", 1.0, 0, 0.5), make_run(tmp_path, "random", 0.5, 0, 0.4)]
+    for run in runs:
+        _eval_report(run, "aa5", 0.1, steps=5, standard=False)
+    result = compare_runs([load_run(p) for p in runs])
+    assert result["attack"] == "aa5" and result["attack_note"]
+
+
+# --- damaged run folders: each is named and skipped (or refused alone), never a traceback ------------
+def _garbage() -> bytes:
+    return bytes(range(256)) * 4
+
+
+DAMAGE = {  # file → content (bytes or text), what the message must say
+    "truncated report": ("report.json", '{"wall_seconds": 3.0, "test": {"clean_', "not valid JSON"),
+    "invalid report": ("report.json", "{cut", "not valid JSON"),
+    "report is a list": ("report.json", "[1, 2]", "the report must be a mapping"),
+    "robust_acc a string": ("report.json", '{"test": {"n_examples": 1, "robust_acc": "abc"}}', "robust_acc must be"),
+    "accuracy a string": ("report.json", '{"test": {"n_examples": 1, "robust_acc": {"pgd20": "0.5"}}}',
+                          "must be a number"),
+    "accuracy above one": ("report.json", '{"test": {"n_examples": 1, "robust_acc": {"pgd20": 7}}}', "[0, 1]"),
+    "test a number": ("report.json", '{"test": 3}', "test must be a mapping"),
+    "n_examples text": ("report.json", '{"test": {"n_examples": "ten", "robust_acc": {}}}', "n_examples"),
+    "empty report": ("report.json", "", "is empty"),
+    "binary report": ("report.json", _garbage(), "binary data"),
+    "latin-1 report": ("report.json", b'{"name": "\xe9t\xe9"}', "not UTF-8"),
+    "NaN accuracy": ("report.json", '{"test": {"n_examples": 1, "clean_acc": NaN, "robust_acc": {}}}',
+                     "finite number"),
+    "infinite wall time": ("report.json", '{"wall_seconds": 1e999}', "wall_seconds"),
+    "huge integer": ("report.json", '{"wall_seconds": ' + "9" * 5000 + "}", "cannot be parsed as JSON"),
+    "deep report": ("report.json", "[" * 100_000 + "]" * 100_000, "JSON"),
+    "torn metrics line": ("metrics.jsonl", None, "its last line is not valid JSON"),
+    "metrics line a list": ("metrics.jsonl", "[1]\n", "must be a JSON object"),
+    "train_time text": ("metrics.jsonl", '{"epoch": 0, "phase": "full", "train_time": "fast"}\n', "train_time"),
+    "train_time huge": ("metrics.jsonl", '{"epoch": 0, "phase": "full", "train_time": 1e300}\n', "train_time"),
+    "negative train_time": ("metrics.jsonl", '{"epoch": 0, "phase": "full", "train_time": -1}\n', "train_time"),
+    "phase missing": ("metrics.jsonl", '{"epoch": 0, "train_time": 1.0}\n', "phase must be"),
+    "epoch missing": ("metrics.jsonl", '{"phase": "full", "train_time": 1.0}\n', "epoch must be"),
+    "selection a list": ("metrics.jsonl", '{"epoch": 0, "phase": "coreset", "selection": [1]}\n',
+                         "selection must be a mapping"),
+    "empty metrics": ("metrics.jsonl", "\n", "is empty"),
+    "recipe a scalar": ("recipe.yaml", "3\n", "the recipe must be a mapping"),
+    "recipe invalid YAML": ("recipe.yaml", "a: [1, 2\n", "not valid YAML"),
+    "selector missing": ("recipe.yaml", "seed: 0\n", "selector section must be a mapping"),
+    "selector name a list": ("recipe.yaml", "selector: {name: [1]}\n", "selector.name"),
+    "epochs text": ("recipe.yaml", None, "schedule.epochs"),
+    "fraction NaN": ("recipe.yaml", None, "selector.fraction"),
+    "seed huge": ("recipe.yaml", None, "seed must be"),
+    "deep recipe": ("recipe.yaml", "a: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper"),
+    "alias bomb": ("recipe.yaml", "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+        + "selector: {name: full}\n", "larger than"),
+    "damaged eval report": ("eval/report.json", '{"split": "test", "robust_acc": {"aa": "x"}}', "must be a number"),
+}
+
+
+def _damage(run: Path, kind: str) -> Path:
+    name, content, _ = DAMAGE[kind]
+    path = run / name
+    if kind == "torn metrics line":
+        content = path.read_text() + '{"epoch": 4, "phase": "cor'
+    elif kind in ("epochs text", "fraction NaN", "seed huge"):
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        if kind == "epochs text":
+            recipe["schedule"]["epochs"] = "ten"
+        elif kind == "fraction NaN":
+            recipe["selector"]["fraction"] = float("nan")
+        else:
+            recipe["seed"] = 10**30
+        content = yaml.safe_dump(recipe)
+    path.parent.mkdir(exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_a_damaged_run_is_skipped_naming_its_file(tmp_path, kind):
+    good = make_run(tmp_path, "full", 1.0, 0, 0.5)
+    bad = make_run(tmp_path, "random", 0.5, 0, 0.4)
+    damaged = _damage(bad, kind)
+    runs, skipped = load_runs([good, bad])
+    assert [r.path for r in runs] == [str(good)]
+    (line,) = skipped
+    assert str(damaged) in line and DAMAGE[kind][2] in line, line
+    with pytest.raises(UserError, match="no run left to compare") as err:
+        load_runs([bad])
+    assert str(damaged) in str(err.value)
+
+
+def test_damaged_runs_through_the_cli_warn_or_exit_2_without_a_traceback(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from advtrain.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    good = make_run(tmp_path, "full", 1.0, 0, 0.5)
+    bad = make_run(tmp_path, "random", 0.5, 0, 0.4)
+    _damage(bad, "torn metrics line")
+    runner = CliRunner()
+    result = runner.invoke(app, ["compare", str(good), str(bad), "--out", "cmp"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "metrics.jsonl" in result.stderr and "Traceback" not in result.output
+    assert "skipped" in (tmp_path / "cmp/compare.md").read_text()
+    result = runner.invoke(app, ["compare", str(bad), "--out", "cmp2"], catch_exceptions=False)
+    assert result.exit_code == 2 and "no run left to compare" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "cmp2/compare.json").exists()

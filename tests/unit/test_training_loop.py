@@ -85,14 +85,14 @@ def test_coreset_npz_is_byte_identical_to_the_format_runs_always_wrote(tmp_path)
     reference = tmp_path / "reference.npz"
     with open(reference, "wb") as handle:
         np.savez(handle, **{k: v.numpy() for k, v in _coreset().items()}, epoch=np.array(2))
-    assert (tmp_path / "coreset/epoch_002.npz").read_bytes() == reference.read_bytes()
+    assert (tmp_path / "coreset/epoch_003.npz").read_bytes() == reference.read_bytes()
 
 
 def test_select_dump_writes_the_run_coreset_format_plus_its_extras(tmp_path):
     RunFiles(tmp_path).write_coreset(0, **_coreset())
     extra = {"label_histogram": np.array([1, 2]), "selector": np.array("craig"), "solver_s": np.array(0.5)}
     written = write_coreset_npz(tmp_path / "dump.npz", **_coreset(), epoch=0, extra=extra)
-    run, dump = np.load(tmp_path / "coreset/epoch_000.npz"), np.load(tmp_path / "dump.npz")
+    run, dump = np.load(tmp_path / "coreset/epoch_001.npz"), np.load(tmp_path / "dump.npz")
     assert dump.files == [*run.files, *extra] == list(written)
     for key in run.files:
         assert dump[key].dtype == run[key].dtype and np.array_equal(dump[key], run[key]), key
