@@ -75,5 +75,6 @@ def test_eval_json_is_the_report_on_stdout(invoke, tiny_recipe, tmp_path):
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report["robust_acc"]) == {"pgd3"} and report["n_examples"] == 8
-    assert report == json.loads((tmp_path / "runs/tiny/eval/report.json").read_text())
+    (written,) = (tmp_path / "runs/tiny/eval").glob("*/report.json")  # one folder per evaluation
+    assert report == json.loads(written.read_text())
     assert "wrote" in result.stderr and "evaluating" in result.stderr

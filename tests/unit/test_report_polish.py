@@ -53,7 +53,7 @@ def test_a_step_cap_on_both_kinds_of_epoch_gives_no_speedup():
 def test_the_eps_plot_draws_markers_not_an_interpolating_line(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from advtrain.reports.evaluation import plot_eps_sweep
+    from advtrain.reports.evaluation import SweepPoint, plot_eps_sweep
 
     calls = []
     original = matplotlib.axes.Axes.plot
@@ -63,7 +63,8 @@ def test_the_eps_plot_draws_markers_not_an_interpolating_line(tmp_path, monkeypa
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
-    sweep = [{"eps_float": e / 255, "norm": "linf", "robust_acc": a, "attack": "pgd50"} for e, a in ((0, .9), (8, .4))]
+    sweep = [SweepPoint(eps=f"{e}/255", eps_float=e / 255, attack="pgd50", norm="linf", robust_acc=a)
+             for e, a in ((0, .9), (8, .4))]
     plot_eps_sweep(tmp_path / "eps.png", sweep)
     assert calls and all(c.get("linestyle") == "none" and c.get("marker") for c in calls)
     assert (tmp_path / "eps.png").read_bytes()[:4] == b"\x89PNG"
