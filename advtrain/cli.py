@@ -12,10 +12,38 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import typer.core
 
 from advtrain.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+#: click's base error (typer vendors click in newer versions, so found through a class typer exports).
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _SafeGroup(typer.core.TyperGroup):
+    """click's own usage errors quote the argument as typed: escape its control characters before printing."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _CLICK_ERROR as err:
+            raise _escaped(err) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _CLICK_ERROR as err:
+            raise _escaped(err) from None
+
+
+def _escaped(err: Exception) -> Exception:
+    from advtrain.ui.console import safe_text
+
+    err.message = safe_text(err.message)
+    return err
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_SafeGroup,
                   help="Efficient adversarial training with adversarial coreset selection.")
 
 LIST_KINDS = ("models", "datasets", "objectives", "attacks", "selectors", "optimizers", "lr_schedules",

@@ -13,6 +13,8 @@ from advtrain.config.load import recipe_from_yaml_text
 from advtrain.errors import UserError
 from advtrain.eval.robust import evaluate
 from advtrain.io import checkpoint as ckpt_io
+from advtrain.io.files import write_text
+from advtrain.io.outputs import claim_output_dir
 from advtrain.io.run_files import write_json
 from advtrain.params import FractionError, format_number, parse_number
 from advtrain.reports.evaluation import (
@@ -25,6 +27,9 @@ from advtrain.reports.evaluation import (
 from advtrain.runtime.device import pick_device
 from advtrain.runtime.seeding import seed_everything
 from advtrain.runtime.threads import setup_threads
+
+#: What one evaluation writes into its report folder.
+EVAL_FILES = ("report.json", "report.md", "robust_vs_eps.png")
 
 
 def newest_checkpoint(root: Path = Path("runs")) -> Path:
@@ -134,6 +139,7 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
         path = card_weights(external)
     else:
         path = checkpoint or newest_checkpoint()
+    out_dir = claim_output_dir(out or path.parent / "eval", command="eval", files=EVAL_FILES)  # before any work
     dev = pick_device(device or "auto")
     thread_choice = setup_threads(threads)
     seed_everything(seed)
@@ -194,10 +200,8 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
         "advtrain_version": __version__,
     }
     report["warnings"] = masking_warnings(report)
-    out_dir = out or path.parent / "eval"
-    write_json(out_dir / "report.json", report)
-    text = eval_markdown(report)
-    ckpt_io.write_atomically(out_dir / "report.md", lambda tmp: tmp.write_text(text))
+    write_json(out_dir / "report.json", report, inside=out_dir)
+    write_text(out_dir / "report.md", eval_markdown(report), inside=out_dir)
     plot_eps_sweep(out_dir / "robust_vs_eps.png", sweep_rows)
     rows = [("clean", "no attack", f"{result.clean_acc:.1%}", "")]
     for r in record["attacks"]:

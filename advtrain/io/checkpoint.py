@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +27,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from advtrain import __version__
-from advtrain.errors import CheckpointError, UserError
+from advtrain.errors import CheckpointError
+from advtrain.io.files import TMP_GLOB, TMP_SUFFIX, write_atomically  # noqa: F401 - the one atomic writer
 
 FORMAT_VERSION = 1
-TMP_SUFFIX = ".tmp"
-#: Temporary files of :func:`write_atomically` (``.<name>.<random>.tmp``): a killed write leaves one.
-TMP_GLOB = f".*{TMP_SUFFIX}"
 
 
 @dataclass
@@ -172,31 +168,6 @@ def save(path: Path, state: TrainingState, *, kind: str = "last") -> None:
     metadata = {"advtrain": json.dumps(meta), "recipe": state.recipe_yaml,
                 "model_name": state.model_name, "advtrain_version": __version__}
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def write_atomically(path: Path, write: Any) -> None:
-    """Run ``write(tmp_path)`` then rename onto ``path``; on any failure keep the old file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    except OSError as err:
-        raise UserError(f"cannot write '{path}': {err.strerror or err}. Choose a writable "
-                        f"output.dir.") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write '{path}' ({err}); the previous file, if any, is intact. "
-                        f"Free disk space or choose another output.dir.") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load(path: str | Path) -> Checkpoint:

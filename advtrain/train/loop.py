@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from advtrain import build
+from advtrain.config.read import parse_stored_recipe
 from advtrain.config.recipe import Recipe
 from advtrain.errors import CheckpointError, DivergenceError, UserError
 from advtrain.eval.robust import EvalResult, evaluate
@@ -537,12 +537,7 @@ class Trainer:
 
     def _check_recipe(self, ckpt: ckpt_io.Checkpoint, path: Path, force: bool) -> None:
         """Refuse a checkpoint trained with another recipe (RESUMABLE_KEYS aside) unless ``force``."""
-        try:
-            old = yaml.safe_load(ckpt.recipe_yaml) or {}
-        except yaml.YAMLError:
-            raise CheckpointError(f"checkpoint '{path}': its stored recipe is not valid YAML.") from None
-        if not isinstance(old, dict):
-            raise CheckpointError(f"checkpoint '{path}': its stored recipe is not a mapping.")
+        old = parse_stored_recipe(ckpt.recipe_yaml, f"{path} (stored recipe)")  # the limits of a recipe file
         diffs = recipe_differences(old, self.recipe.resolved)
         if diffs and not force:
             raise CheckpointError(
