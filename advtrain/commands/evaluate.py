@@ -10,6 +10,8 @@ import torch
 
 from advtrain import __version__, build
 from advtrain.config.load import recipe_from_yaml_text
+from advtrain.config.params_check import check_flag
+from advtrain.config.schema import EvalConfig
 from advtrain.errors import UserError
 from advtrain.eval.robust import evaluate
 from advtrain.io import checkpoint as ckpt_io
@@ -51,7 +53,7 @@ def _number(text: str | None, flag: str) -> float | None:
         raise UserError(f"{flag}: {err}") from None
     if not isinstance(value, float) or value < 0:
         raise UserError(f"{flag}: expected a non-negative number such as 8/255 or 0.5, got '{text}'")
-    return value
+    return check_flag(flag, value, EvalConfig, "alpha" if flag == "--alpha" else "eps")  # eval.eps's bounds
 
 
 def load_model_from_checkpoint(path: Path, data_overrides: list[str],

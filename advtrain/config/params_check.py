@@ -144,3 +144,18 @@ def _type_name(hint: Any) -> str:
     names = {int: "an integer", float: "a number (e.g. 0.1 or 8/255)", bool: "true/false",
              str: "a string", dict: "a mapping"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_flag(flag: str, value: Any, params_cls: type, key: str) -> Any:
+    """A command-line flag that sets what recipe key ``params_cls.key`` sets, held to that key's rules.
+
+    Raises:
+        UserError: naming the flag and the rule (the same bound as the recipe key).
+    """
+    from advtrain.errors import UserError
+
+    field = next(f for f in dataclasses.fields(params_cls) if f.name == key)
+    bad = check_range(value, field)
+    if bad:
+        raise UserError(f"{flag}: {bad} (the same rule as the recipe key it stands for)")
+    return value

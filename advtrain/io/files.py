@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,15 +81,18 @@ def make_folder(path: Path, *, inside: Path | None = None) -> None:
                         f"(e.g. output.dir=runs/mine).") from None
 
 
-def _new_temp(path: Path) -> Path:
-    """A new empty file beside ``path``, created exclusively (never a link), mode 0666 less the umask."""
+def _new_temp(path: Path) -> tuple[Path, int]:
+    """A new empty file beside ``path``, created exclusively (never a link), and its mode: 0666 less the umask."""
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
         try:
-            os.close(os.open(tmp, _FLAGS, 0o666))
-            return tmp
+            fd = os.open(tmp, _FLAGS, 0o666)
         except FileExistsError:
             continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
     raise FileExistsError(errno.EEXIST, f"no free temporary name beside '{path}'")
 
 
@@ -112,13 +116,15 @@ def write_atomically(path: Path, write: Callable[[Path], Any], *, inside: Path |
     if path.is_dir() and not path.is_symlink():
         raise UserError(f"cannot write '{path}': it is a folder. Remove it, or choose another output.")
     try:
-        tmp = _new_temp(path)
+        tmp, mode = _new_temp(path)
     except OSError as err:
         raise UserError(f"cannot write '{path}': {os_error_text(err)}. Free disk space or choose a writable "
                         f"output.dir; the previous file, if any, is intact.") from None
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
+            if stat.S_IMODE(os.fstat(handle.fileno()).st_mode) != mode:  # a writer that recreated it 0600
+                os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, path)  # replaces a link at ``path`` itself, never its target
     except (OSError, SafetensorError) as err:
