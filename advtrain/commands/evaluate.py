@@ -141,7 +141,7 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
         path = card_weights(external)
     else:
         path = checkpoint or newest_checkpoint()
-    out_dir = claim_output_dir(out or path.parent / "eval", command="eval", files=EVAL_FILES)  # before any work
+    out_dir = claim_output_dir(out or path.parent / "eval", command="eval", files=EVAL_FILES, create=False)
     dev = pick_device(device or "auto")
     thread_choice = setup_threads(threads)
     seed_everything(seed)
@@ -202,6 +202,7 @@ def run_eval(checkpoint: Path | None, names: list[str], *, n_examples: int, batc
         "advtrain_version": __version__,
     }
     report["warnings"] = masking_warnings(report)
+    claim_output_dir(out_dir, command="eval", files=EVAL_FILES)  # checked before the work, created now
     write_json(out_dir / "report.json", report, inside=out_dir)
     write_text(out_dir / "report.md", eval_markdown(report), inside=out_dir)
     plot_eps_sweep(out_dir / "robust_vs_eps.png", sweep_rows)

@@ -112,12 +112,13 @@ def _yaml_error(err: yaml.YAMLError) -> str:
     return f"YAML syntax error{where}: {problem}"
 
 
-def _omegaconf_loader() -> Any:
-    try:
-        from omegaconf._utils import get_yaml_loader
-    except ImportError:  # pragma: no cover - every omegaconf 2.x has it
-        return yaml.SafeLoader
-    return get_yaml_loader()
+def _top_is_mapping(text: str) -> bool:
+    """The document's top node is a mapping (or there is none): OmegaConf reads any other text as a key."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.StreamStartEvent, yaml.DocumentStartEvent)):
+            continue
+        return isinstance(event, (yaml.MappingStartEvent, yaml.DocumentEndEvent, yaml.StreamEndEvent))
+    return True
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -133,8 +134,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         limits = yaml_limit_problems(text)
         if limits:
             raise RecipeError(limits, source=str(path))
-        loaded = yaml.load(text, Loader=_omegaconf_loader())  # noqa: S506 - OmegaConf's safe loader
-        node = OmegaConf.create(loaded if loaded is not None else {})
+        if not _top_is_mapping(text):
+            raise RecipeError(["the top level must be a mapping of sections (data:, model:, ...)"], source=str(path))
+        node = OmegaConf.create(text)  # OmegaConf's loader: 5e-4 is a float, a key given twice is an error
     except yaml.YAMLError as err:
         raise RecipeError([_yaml_error(err)], source=str(path)) from None
     except (OmegaConfBaseException, ValueError, AssertionError) as err:
@@ -147,10 +149,25 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice (as OmegaConf does for recipe files)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:  # the keys as written (a merge key's values may be overridden)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key_node.value}",
+                                                            key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_stored_recipe(text: str, source: str) -> dict[str, Any]:
     """A recipe stored as YAML text (a checkpoint's metadata) as plain data, within the same limits as a file.
 
-    Parsed with ``yaml.safe_load``: no OmegaConf, no resolvers, no interpolation.
+    Parsed as ``yaml.safe_load`` does (a key given twice refused): no OmegaConf, no resolvers, no
+    interpolation.
     """
     if not isinstance(text, str):
         raise RecipeError(["stored recipe is not text"], source)
@@ -159,7 +176,7 @@ def parse_stored_recipe(text: str, source: str) -> dict[str, Any]:
         if limits:
             raise RecipeError([f"stored recipe: {p}; this checkpoint was not written by advtrain" for p in limits],
                               source)
-        data: Any = yaml.safe_load(text)
+        data: Any = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise RecipeError([f"stored recipe is not valid YAML: {str(err).splitlines()[0]}"], source) from None
     if not isinstance(data, dict):

@@ -42,6 +42,12 @@ def os_error_text(err: OSError) -> str:
     return err.strerror or str(err)
 
 
+def _advice(err: BaseException) -> str:
+    full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "Free disk space (or choose another output folder), then run the command again." if full else \
+        "Choose a writable output folder, then run the command again."
+
+
 def links_between(inside: Path, path: Path) -> list[Path]:
     """The symbolic links among the folders from ``inside`` (excluded) down to ``path``'s folder, and ``path``."""
     inside, path = Path(inside), Path(path)
@@ -118,8 +124,8 @@ def write_atomically(path: Path, write: Callable[[Path], Any], *, inside: Path |
     try:
         tmp, mode = _new_temp(path)
     except OSError as err:
-        raise UserError(f"cannot write '{path}': {os_error_text(err)}. Free disk space or choose a writable "
-                        f"output.dir; the previous file, if any, is intact.") from None
+        raise UserError(f"cannot write '{path}': {os_error_text(err)}; the previous file, if any, is intact. "
+                        f"{_advice(err)}") from None
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
@@ -131,7 +137,7 @@ def write_atomically(path: Path, write: Callable[[Path], Any], *, inside: Path |
         tmp.unlink(missing_ok=True)
         text = os_error_text(err) if isinstance(err, OSError) else str(err)
         raise UserError(f"could not write '{path}' ({text}); the previous file, if any, is intact. "
-                        f"Free disk space or choose another output.dir.") from None
+                        f"{_advice(err)}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -48,12 +48,14 @@ def owner(folder: Path) -> str | None:
     return record.get("command") if isinstance(record, dict) and isinstance(record.get("command"), str) else None
 
 
-def claim_output_dir(path: Path, *, command: str, files: Sequence[str]) -> Path:
+def claim_output_dir(path: Path, *, command: str, files: Sequence[str], create: bool = True) -> Path:
     """Make ``path`` the output folder of ``command`` (which writes ``files`` there), or refuse it.
 
     Refused: a file in the way; a training run's folder (or a folder inside one, other than its
     ``eval/`` reports); a folder where any of ``files`` exists but was not written by ``command``;
-    a link between the run folder and ``path``. Returns ``path`` once it exists and is marked.
+    a link between the run folder and ``path``. Returns ``path`` once it exists and is marked
+    (``create=False``: only the checks, so a command can refuse before its work and create the
+    folder only once it has results to write).
 
     Raises:
         UserError: with the way out (another ``--out``).
@@ -80,6 +82,8 @@ def claim_output_dir(path: Path, *, command: str, files: Sequence[str]) -> Path:
             raise UserError(f"{flag} '{path}' already holds {', '.join(foreign)}, written {by}, not by advtrain "
                             f"{command}; replacing them would lose those results. Choose another folder, or "
                             f"remove them.")
+    if not create:
+        return path
     make_folder(path)
     if owner(path) != command:
         write_text(path / OUTPUT_MARK, json.dumps({"command": command}) + "\n", inside=path)

@@ -369,7 +369,8 @@ def _kill_chain(tmp_path: Path, recipe: Path, epochs: int, after: list[int], see
     assert final.returncode == 0, out
     ref_out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, ref_out
-    ours, theirs = _model_tensors(run / "last.safetensors"), _model_tensors(tmp_path / "runs/reference/last.safetensors")
+    ours = _model_tensors(run / "last.safetensors")
+    theirs = _model_tensors(tmp_path / "runs/reference/last.safetensors")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(epochs))
