@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def find_recipe(path_or_name: str) -> Path:
 #: beyond these it is a mistake or a hostile file (an alias bomb expands a kilobyte into gigabytes).
 MAX_RECIPE_CHARS = 1_000_000
 MAX_DEPTH = 32
-MAX_VALUES = 100_000
+MAX_VALUES = 10_000
 MAX_STRING = 10_000
 #: Characters an override may not hold: a line break would start a new YAML key (``epochs=3\nname: x``
 #: would silently set ``name`` and drop nothing visible), other control codes are never part of a value.
@@ -112,6 +113,14 @@ def _yaml_error(err: yaml.YAMLError) -> str:
     return f"YAML syntax error{where}: {problem}"
 
 
+def _omegaconf_create(text: str) -> Any:
+    """``OmegaConf.create`` of a text that passed :func:`yaml_limit_problems`; OmegaConf versions that have
+    their own alias limit read it from the environment, so it is turned off (ours is stricter)."""
+    if "max_yaml_expanded_nodes" in inspect.signature(OmegaConf.create).parameters:
+        return OmegaConf.create(text, max_yaml_expanded_nodes=None)
+    return OmegaConf.create(text)
+
+
 def _top_is_mapping(text: str) -> bool:
     """The document's top node is a mapping (or there is none): OmegaConf reads any other text as a key."""
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
@@ -136,7 +145,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
             raise RecipeError(limits, source=str(path))
         if not _top_is_mapping(text):
             raise RecipeError(["the top level must be a mapping of sections (data:, model:, ...)"], source=str(path))
-        node = OmegaConf.create(text)  # OmegaConf's loader: 5e-4 is a float, a key given twice is an error
+        node = _omegaconf_create(text)  # OmegaConf's loader: 5e-4 is a float, a key given twice is an error
     except yaml.YAMLError as err:
         raise RecipeError([_yaml_error(err)], source=str(path)) from None
     except (OmegaConfBaseException, ValueError, AssertionError) as err:
@@ -211,7 +220,7 @@ def yaml_value(raw: str) -> Any:
     """Parse one override value with OmegaConf's YAML loader (``5e-4`` is a float there)."""
     if raw.strip() == "":
         return ""
-    return OmegaConf.to_container(OmegaConf.create(f"v: {raw}"), resolve=False)["v"]
+    return OmegaConf.to_container(_omegaconf_create(f"v: {raw}"), resolve=False)["v"]
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

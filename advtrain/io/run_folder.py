@@ -146,7 +146,7 @@ class RunFolder:
             raise UserError(f"--resume: output.dir '{self.path}' holds {', '.join(self.run_files())} but no "
                             f"checkpoint to continue from; pass --overwrite (without --resume) to start over, or "
                             f"choose another output.dir.")
-        raise UserError(f"--resume: nothing to resume in '{self.path}' (no checkpoint: the run never finished an "
+        raise UserError(f"--resume: no checkpoint at '{last}', so nothing to resume (the run never finished an "
                         f"epoch, or never started); run the same command without --resume to start it.")
 
     def __enter__(self) -> RunFolder:

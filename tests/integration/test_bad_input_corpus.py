@@ -366,7 +366,7 @@ def _stored_recipe(make):
 _BOMB = "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10) if i else ', '.join(['1'] * 10)}]\n" for i in range(9))
 STORED_RECIPE_CASES = {
     "stored_recipe_alias_bomb": (_stored_recipe(lambda data, text: _BOMB + text),
-                                 "stored recipe: the recipe holds more than 100,000 values"),
+                                 "stored recipe: the recipe holds more than 10,000 values"),
     "stored_recipe_3000_deep": (_stored_recipe(lambda data, text: text + "x: " + "[" * 3000 + "]" * 3000 + "\n"),
                                 "stored recipe: the recipe nests more than 32 levels deep"),
     "stored_recipe_huge": (_stored_recipe(lambda data, text: text + f"x: '{'a' * 2_000_000}'\n"),
@@ -415,8 +415,8 @@ def _tiny_with(text: str) -> str:
 
 
 @pytest.mark.parametrize("case, make, expected", [
-    ("unknown_keys_50k", lambda: _tiny_with("".join(f"k{i}: 1\n" for i in range(49_000))),
-     ["49,000 unknown keys (unknown recipe key): 'k0', 'k1', 'k2', 'k3', 'k4' and 48,995 more (valid: name,"]),
+    ("unknown_keys_4800", lambda: _tiny_with("".join(f"k{i}: 1\n" for i in range(4_800))),
+     ["4,800 unknown keys (unknown recipe key): 'k0', 'k1', 'k2', 'k3', 'k4' and 4,795 more (valid: name,"]),
     ("unknown_params_many", lambda: (ASSETS / "tiny.yaml").read_text().replace(
         "optim: {name: sgd,", "optim: {name: sgd, " + ", ".join(f"p{i}: 1" for i in range(40)) + ","),
      ["optim: 40 unknown keys (not a parameter of optim 'sgd'): 'p0', 'p1', 'p2', 'p3', 'p4' and 35 more"]),
