@@ -12,10 +12,38 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import typer.core
 
 from advtrain.errors import UserError
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+#: click's base error (typer vendors click in newer versions, so found through a class typer exports).
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _SafeGroup(typer.core.TyperGroup):
+    """click's own usage errors quote the argument as typed: escape its control characters before printing."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _CLICK_ERROR as err:
+            raise _escaped(err) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _CLICK_ERROR as err:
+            raise _escaped(err) from None
+
+
+def _escaped(err: Exception) -> Exception:
+    from advtrain.ui.console import safe_text
+
+    err.message = safe_text(err.message)
+    return err
+
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False, cls=_SafeGroup,
                   help="Efficient adversarial training with adversarial coreset selection.")
 
 LIST_KINDS = ("models", "datasets", "objectives", "attacks", "selectors", "optimizers", "lr_schedules",
@@ -107,8 +135,36 @@ def run(
     """Train with a recipe: adversarial training, optionally on adversarial coresets."""
     from advtrain.commands.train import run_training
 
+    _refuse_conflicts({"--resume": resume, "--resume-from": resume_from is not None, "--overwrite": overwrite,
+                       "--force": force})
+    _check_device_flag(device)
     run_training(recipe, overrides or [], resume=resume, resume_from=resume_from, force=force, overwrite=overwrite,
                  device=device, threads=threads)
+
+
+def _refuse_conflicts(flags: dict[str, bool]) -> None:
+    """``advtrain run``'s flags that contradict each other: named, never one silently ignored."""
+    given = {name for name, on in flags.items() if on}
+    if {"--resume", "--resume-from"} <= given:
+        raise UserError("--resume and --resume-from both name the checkpoint to continue; give one (--resume is "
+                        "output.dir/last.safetensors).")
+    if "--overwrite" in given and given & {"--resume", "--resume-from"}:
+        other = sorted(given & {"--resume", "--resume-from"})[0]
+        raise UserError(f"--overwrite (start over, removing the run in output.dir) contradicts {other} (continue "
+                        f"it); give one of them.")
+    if "--force" in given and not given & {"--resume", "--resume-from"}:
+        raise UserError("--force only applies when resuming (it continues a checkpoint whose recipe differs); "
+                        "add --resume or --resume-from, or drop --force.")
+
+
+def _check_device_flag(device: str | None) -> None:
+    """``--device`` takes the names the recipe's ``device`` key takes, checked before anything starts."""
+    if device is not None:
+        from advtrain.runtime.device import device_name_problem
+
+        problem = device_name_problem(device)
+        if problem:
+            raise UserError(f"--device: {problem} (the same names as the recipe key 'device').")
 
 
 @app.command("eval")
@@ -165,6 +221,7 @@ def eval_cmd(
         raise UserError("--threat, --mean, --std and --num-classes describe a model advtrain did not train: give "
                         "--arch timm:NAME (or torchvision:NAME) or --model-card too. An advtrain checkpoint "
                         "records all of them itself.")
+    _check_device_flag(device)
     names = [n.strip() for a in (attack or ["pgd20"]) for n in a.split(",") if n.strip()]
     with console.output_to_stderr(as_json), on_signals(_eval_interrupted):
         report = run_eval(checkpoint, names, n_examples=n_examples, batch_size=batch_size, eps=eps, alpha=alpha,
@@ -201,6 +258,7 @@ def select(
     if not dump_indices:
         raise UserError("nothing to do: pass --dump-indices (and optionally --out FILE.npz) to write the "
                         "selected indices and weights.")
+    _check_device_flag(device)
     with on_signals(lambda sig: f"advtrain select stopped by {sig} before it finished; nothing was written. "
                                 f"Run the same command again to select."):
         run_select(recipe, overrides or [], checkpoint=checkpoint, out=out, device=device, threads=threads)

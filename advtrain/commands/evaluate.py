@@ -23,9 +23,13 @@ from advtrain.attacks.budget import RESTARTS, STEPS
 from advtrain.attacks.eval_attack import EvalAttack
 from advtrain.attacks.presets import Ball, checkpoint_balls, resolve_eval_attack, resolve_eval_attacks
 from advtrain.config.load import recipe_from_yaml_text
+from advtrain.config.params_check import check_flag
+from advtrain.config.schema import EvalConfig
 from advtrain.errors import DataError, UserError
 from advtrain.eval.robust import EvalResult, Progress, evaluate
 from advtrain.io import checkpoint as ckpt_io
+from advtrain.io.files import write_text
+from advtrain.io.outputs import claim_output_dir
 from advtrain.io.run_files import write_json
 from advtrain.params import FractionError, parse_number
 from advtrain.reports.evaluation import (
@@ -49,6 +53,8 @@ from advtrain.runtime.threads import setup_threads
 EVAL_FOLDER = "eval"
 #: Report folder names are cut to this many characters (before a ``-2``, ``-3`` suffix).
 LABEL_LENGTH = 80
+#: What one evaluation writes into its report folder.
+EVAL_FILES = (REPORT_FILE, MARKDOWN_FILE, PLOT_FILE)
 
 
 def newest_checkpoint(root: Path = Path("runs")) -> Path:
@@ -88,7 +94,7 @@ def _number(text: str | None, flag: str) -> float | None:
         raise UserError(f"{flag}: {err}") from None
     if not isinstance(value, float) or value < 0:
         raise UserError(f"{flag}: expected a non-negative number such as 8/255 or 0.5, got '{text}'")
-    return value
+    return check_flag(flag, value, EvalConfig, "alpha" if flag == "--alpha" else "eps")  # eval.eps's bounds
 
 
 def eval_options(names: list[str], *, n_examples: int, batch_size: int, eps: str | None, alpha: str | None,
@@ -352,6 +358,9 @@ def report_label(report: EvaluationReport, attacks: list[EvalAttack], options: E
 
 def new_report_folder(root: Path, label: str) -> Path:
     """``root/label``, else ``root/label-2``, ``-3``, ...: created here, so no earlier report is ever replaced."""
+    if root.is_symlink():
+        raise UserError(f"'{root}' is a symbolic link; advtrain writes evaluation reports only into a real folder "
+                        f"of the run. Remove the link, or pass --out FOLDER.")
     root.mkdir(parents=True, exist_ok=True)
     for number in range(1, 10_000):
         folder = root / (label if number == 1 else f"{label}-{number}")
@@ -365,9 +374,8 @@ def new_report_folder(root: Path, label: str) -> Path:
 
 def write_report(report: EvaluationReport, folder: Path) -> None:
     """``report.json``, ``report.md`` and ``robust_vs_eps.png`` in ``folder``, each written whole."""
-    write_json(folder / REPORT_FILE, report.to_json())
-    text = eval_markdown(report)
-    ckpt_io.write_atomically(folder / MARKDOWN_FILE, lambda tmp: tmp.write_text(text))
+    write_json(folder / REPORT_FILE, report.to_json(), inside=folder)
+    write_text(folder / MARKDOWN_FILE, eval_markdown(report), inside=folder)
     plot_eps_sweep(folder / PLOT_FILE, report.eps_sweep or _measured_curve(report.record))
 
 
@@ -414,6 +422,8 @@ def evaluate_subject(subject: Subject, options: EvalOptions, *, threads: str = "
 
     attacks = resolve_eval_attacks(options.names, **options.overrides, default=subject.lp_default,
                                    lpips_default=subject.lpips_default)
+    if options.out is not None:  # refused before the work, created once there are results
+        claim_output_dir(options.out, command="eval", files=EVAL_FILES, create=False)
     source = _split(subject, options.split)
     _announce(subject, attacks, min(options.n_examples, len(source)), options, threads)
     start = time.perf_counter()
@@ -422,7 +432,10 @@ def evaluate_subject(subject: Subject, options: EvalOptions, *, threads: str = "
                               trained=subject.trained.threat() if subject.trained else None)
         sweep = _sweep(subject, source, attacks, options, progress) if options.sweep else []
     report = build_report(subject, attacks, record, sweep, options, time.perf_counter() - start)
-    folder = options.out or new_report_folder(subject.reports_root, report_label(report, attacks, options))
+    if options.out is not None:
+        folder = claim_output_dir(options.out, command="eval", files=EVAL_FILES)
+    else:
+        folder = new_report_folder(subject.reports_root, report_label(report, attacks, options))
     write_report(report, folder)
     _show(report, folder, kept=options.out is None)
     return report

@@ -14,6 +14,7 @@ import torch
 from advtrain import build
 from advtrain.config.load import load_recipe
 from advtrain.io import checkpoint as ckpt_io
+from advtrain.io.outputs import claim_output_file, is_select_dump
 from advtrain.io.run_files import write_coreset_npz
 from advtrain.runtime.device import pick_device, resolve_precision
 from advtrain.runtime.interrupts import CommandInterrupted, StopRequest
@@ -28,6 +29,7 @@ def run_select(recipe_path: str, overrides: list[str], *, checkpoint: Path | Non
     from advtrain.ui import console
 
     recipe = load_recipe(recipe_path, overrides)
+    claim_output_file(out, command="select", suffix=".npz", is_own=is_select_dump)  # before any work
     console.info(f"torch uses {setup_threads(threads, recipe.runtime.threads).describe()}")
     dev = pick_device(device or recipe.device)
     seed_everything(recipe.seed)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from advtrain.config.load import Recipe, load_recipe
-from advtrain.errors import UserError
 from advtrain.io.run_files import LAST
 from advtrain.io.run_folder import RunFolder
 from advtrain.runtime.distributed import is_main_process
@@ -46,10 +45,10 @@ def _train(resolved: Recipe, state: dict[str, Any], folder: RunFolder | None, ma
 
     checkpoint = resume_from
     if resume and checkpoint is None:
-        checkpoint = Path(resolved.output.dir) / LAST
-        if not checkpoint.exists():
-            raise UserError(f"--resume: no checkpoint at '{checkpoint}' (output.dir of this recipe); "
-                            f"run without --resume to start, or give --resume-from PATH.")
+        checkpoint = folder.resume_checkpoint() if folder is not None else Path(resolved.output.dir) / LAST
+    if folder is not None and folder.cleared:
+        console.info(f"{folder.path} held only what a run that stopped before its first checkpoint left "
+                     f"({', '.join(folder.cleared)}); starting it again")
     reporter = console.ProgressReporter() if main_process else console.SilentReporter()
     trainer = state["trainer"] = Trainer(resolved, reporter, device=device, resuming=checkpoint is not None)
     try:

@@ -14,16 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from advtrain.config.data_checks import check_against_data
-from advtrain.config.read import apply_overrides, find_recipe, read_yaml
+from advtrain.config.read import MAX_RECIPE_CHARS, apply_overrides, find_recipe, parse_stored_recipe, read_yaml
 from advtrain.config.recipe import Recipe
 from advtrain.config.validate import validate
-from advtrain.errors import RecipeError
 
-#: A recipe stored in a checkpoint larger than this is not one advtrain wrote.
-MAX_STORED_RECIPE = 1_000_000
+#: A recipe stored in a checkpoint larger than this is not one advtrain wrote (the limit of recipe files).
+MAX_STORED_RECIPE = MAX_RECIPE_CHARS
 
 __all__ = ["MAX_STORED_RECIPE", "Recipe", "load_recipe", "recipe_from_yaml_text"]
 
@@ -44,21 +41,18 @@ def recipe_from_yaml_text(text: str, source: str, data_overrides: list[str] | No
     Parsed as plain data (``yaml.safe_load``): no OmegaConf, no resolvers, no interpolation.
     ``data_overrides`` (``path=...`` or ``data.path=...``) point the stored data section elsewhere,
     e.g. at this machine's copy of the dataset; ``relocate`` may rewrite the parsed mapping first.
+    ``data.download`` is always off here: evaluating a checkpoint from elsewhere never opens a
+    network connection or creates a data folder.
     """
-    if len(text) > MAX_STORED_RECIPE:
-        raise RecipeError([f"stored recipe is {len(text)} characters; advtrain writes recipes of a few "
-                           "kilobytes, so this checkpoint was not written by advtrain"], source)
-    try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise RecipeError([f"stored recipe is not valid YAML: {str(err).splitlines()[0]}"], source) from None
-    if not isinstance(data, dict):
-        raise RecipeError(["stored recipe is not a mapping"], source)
+    data: Any = parse_stored_recipe(text, source)  # the same size, depth and alias limits as a recipe file
     if relocate is not None:  # e.g. relative data paths resolved from where the run was made
         data = relocate(data)
     if data_overrides:
         data = apply_overrides(data, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides])
         source = f"{source} + --data"
     recipe = validate(data, source=source, interpolate=False)
-    check_against_data(recipe)
+    params = recipe.components["data"].params
+    if getattr(params, "download", False):  # a stored recipe is data: it never downloads nor creates anything
+        params.download = False
+    check_against_data(recipe)  # a dataset missing here is a DataError naming it and where it was looked for
     return recipe

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import typing
 import warnings
 from typing import Any
@@ -51,11 +53,10 @@ def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str
     fields = {f.name: f for f in dataclasses.fields(params_cls)}
     hints = _field_types(params_cls)
     cfg = OmegaConf.structured(params_cls)
+    unknown = [key for key in values if key not in fields]
+    problems.extend(unknown_key_problems(unknown, fields, path, f"not a parameter of {owner}"))
     for key, value in values.items():
         if key not in fields:
-            hint = did_you_mean(key, fields)
-            valid = ", ".join(fields) or "none"
-            problems.append(f"{path}.{key}: not a parameter of {owner}{hint} (valid: {valid})")
             continue
         try:
             value = _prepare_value(value, hints[key])
@@ -75,16 +76,59 @@ def check_params(params_cls: type, values: dict[str, Any], path: str, owner: str
             continue
         if OmegaConf.is_config(current):  # lists: check_range checks each item
             current = OmegaConf.to_container(current)
-        bad = check_range(current, fields[key])
+        bad = check_range(current, fields[key]) or (path_problem(current) if fields[key].metadata.get("path") else None)
         if bad:
             problems.append(f"{path}.{key}: {bad}")
     for name in fields:
         if OmegaConf.is_missing(cfg, name):
             problems.append(f"{path}.{name}: missing required value ({fields[name].metadata.get('help', '')})")
     try:
-        return OmegaConf.to_object(cfg)
+        params = OmegaConf.to_object(cfg)
     except OmegaConfBaseException:
         return None
+    for name, f in fields.items():  # '~' is the home folder in every path of a recipe, as in a shell
+        value = getattr(params, name, None)
+        if f.metadata.get("path") and isinstance(value, str) and value.startswith("~"):
+            setattr(params, name, os.path.expanduser(value))
+    return params
+
+
+#: How many unknown keys a message names before it counts the rest.
+SHOWN_UNKNOWN = 5
+MAX_PATH = 4096
+_PATH_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def unknown_key_problems(unknown: list[str], valid: Any, path: str, what: str) -> list[str]:
+    """One problem per unknown key (with a did-you-mean hint), or one that names the first few and counts the rest."""
+    valid = list(valid)
+    listing = ", ".join(valid) or "none"
+    prefix = f"{path}." if path else ""
+    if len(unknown) <= SHOWN_UNKNOWN:
+        return [f"{prefix}{key}: {what}{did_you_mean(key, valid)} (valid: {listing})" for key in unknown]
+    shown = ", ".join(f"'{_short(str(k))}'" for k in unknown[:SHOWN_UNKNOWN])
+    return [f"{path or 'recipe'}: {len(unknown):,} unknown keys ({what}): {shown} and {len(unknown) - SHOWN_UNKNOWN:,} "
+            f"more (valid: {listing})"]
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def path_problem(value: Any) -> str | None:
+    """Why a recipe value cannot name a file or folder (empty, control characters, too long, unknown ``~user``)."""
+    if not isinstance(value, str):
+        return None
+    if not value.strip():
+        return "must name a file or folder, got an empty string (it would mean the working folder)"
+    control = _PATH_CONTROL.search(value)
+    if control:
+        return f"{value!r} holds the control character {control.group()!r}; a path is printable text"
+    if len(value) > MAX_PATH:
+        return f"a path of {len(value):,} characters; paths are at most {MAX_PATH}"
+    if value.startswith("~") and os.path.expanduser(value) == value:
+        return f"'{value}' starts with '~' but names no known home folder; write the folder out in full"
+    return None
 
 
 def _check_typed(params_cls: type, values: dict[str, Any], path: str, owner: str, problems: list[str]) -> Any:
@@ -133,3 +177,18 @@ def _type_name(hint: Any) -> str:
     names = {int: "an integer", float: "a number (e.g. 0.1 or 8/255)", bool: "true/false",
              str: "a string", dict: "a mapping"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_flag(flag: str, value: Any, params_cls: type, key: str) -> Any:
+    """A command-line flag that sets what recipe key ``params_cls.key`` sets, held to that key's rules.
+
+    Raises:
+        UserError: naming the flag and the rule (the same bound as the recipe key).
+    """
+    from advtrain.errors import UserError
+
+    field = next(f for f in dataclasses.fields(params_cls) if f.name == key)
+    bad = check_range(value, field)
+    if bad:
+        raise UserError(f"{flag}: {bad} (the same rule as the recipe key it stands for)")
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -43,23 +44,152 @@ def find_recipe(path_or_name: str) -> Path:
     )
 
 
+#: Limits every YAML text advtrain parses (recipe files, recipes stored in checkpoints, override values) must
+#: meet before it is turned into data. A recipe is a few kilobytes, a few levels deep, a few hundred values:
+#: beyond these it is a mistake or a hostile file (an alias bomb expands a kilobyte into gigabytes).
+MAX_RECIPE_CHARS = 1_000_000
+MAX_DEPTH = 32
+MAX_VALUES = 10_000
+MAX_STRING = 10_000
+#: Characters an override may not hold: a line break would start a new YAML key (``epochs=3\nname: x``
+#: would silently set ``name`` and drop nothing visible), other control codes are never part of a value.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def yaml_limit_problems(text: str) -> list[str]:
+    """Why ``text`` is too big to parse as a recipe (size, nesting, values with aliases expanded, string length).
+
+    Walks PyYAML's event stream, which is iterative (no recursion, nothing built), so a 3,000-deep
+    list or a billion-laughs alias chain is refused before any Python object exists. An alias
+    counts as the size and depth of what it stands for.
+
+    Raises:
+        yaml.YAMLError: the text is not YAML (the caller reports where).
+    """
+    if len(text) > MAX_RECIPE_CHARS:
+        return [f"the recipe is {len(text):,} characters; recipes are at most {MAX_RECIPE_CHARS:,} (a few "
+                "kilobytes is usual)"]
+    values, depth = 0, 0
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (values, depth) it expands to
+    frames: list[list[Any]] = []  # [anchor, values at start, deepest level below]
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        extra_depth = 0
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            values, depth = values + 1, depth + 1
+            frames.append([event.anchor, values, depth])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, start, deepest = frames.pop()
+            if anchor is not None:
+                sizes[anchor] = (values - start + 1, deepest - depth + 1)
+            if frames:
+                frames[-1][2] = max(frames[-1][2], deepest)
+            depth -= 1
+        elif isinstance(event, yaml.ScalarEvent):
+            values += 1
+            if len(event.value) > MAX_STRING:
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                return [f"line {line}: a value of {len(event.value):,} characters; recipe values are at most "
+                        f"{MAX_STRING:,}"]
+            if event.anchor is not None:
+                sizes[event.anchor] = (1, 0)
+        elif isinstance(event, yaml.AliasEvent):
+            count, extra_depth = sizes.get(event.anchor, (1, 0))
+            values += count
+            if frames:
+                frames[-1][2] = max(frames[-1][2], depth + extra_depth)
+        if depth + extra_depth > MAX_DEPTH:
+            return [f"the recipe nests more than {MAX_DEPTH} levels deep (with aliases expanded); recipes are a "
+                    "few levels deep (section: {key: value})"]
+        if values > MAX_VALUES:
+            return [f"the recipe holds more than {MAX_VALUES:,} values (with aliases expanded); recipes hold a few "
+                    "hundred, so this is an alias bomb or not a recipe"]
+    return []
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"YAML syntax error{where}: {problem}"
+
+
+def _omegaconf_create(text: str) -> Any:
+    """``OmegaConf.create`` of a text that passed :func:`yaml_limit_problems`; OmegaConf versions that have
+    their own alias limit read it from the environment, so it is turned off (ours is stricter)."""
+    if "max_yaml_expanded_nodes" in inspect.signature(OmegaConf.create).parameters:
+        return OmegaConf.create(text, max_yaml_expanded_nodes=None)
+    return OmegaConf.create(text)
+
+
+def _top_is_mapping(text: str) -> bool:
+    """The document's top node is a mapping (or there is none): OmegaConf reads any other text as a key."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.StreamStartEvent, yaml.DocumentStartEvent)):
+            continue
+        return isinstance(event, (yaml.MappingStartEvent, yaml.DocumentEndEvent, yaml.StreamEndEvent))
+    return True
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a recipe file into a plain dict (interpolations left unresolved)."""
+    """Read a recipe file into a plain dict (interpolations left unresolved), within :func:`yaml_limit_problems`."""
     try:
-        node = OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise RecipeError([f"YAML syntax error{where}: {problem}"], source=str(path)) from None
+        if path.stat().st_size > 4 * MAX_RECIPE_CHARS:  # do not even read a huge file
+            raise RecipeError([f"the file is {path.stat().st_size:,} bytes; recipes are at most "
+                               f"{MAX_RECIPE_CHARS:,} characters"], source=str(path))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read recipe '{path}': {err}") from None
-    except OmegaConfBaseException as err:
-        raise RecipeError([f"cannot parse: {str(err).splitlines()[0]}"], source=str(path)) from None
+    try:
+        limits = yaml_limit_problems(text)
+        if limits:
+            raise RecipeError(limits, source=str(path))
+        if not _top_is_mapping(text):
+            raise RecipeError(["the top level must be a mapping of sections (data:, model:, ...)"], source=str(path))
+        node = _omegaconf_create(text)  # OmegaConf's loader: 5e-4 is a float, a key given twice is an error
+    except yaml.YAMLError as err:
+        raise RecipeError([_yaml_error(err)], source=str(path)) from None
+    except (OmegaConfBaseException, ValueError, AssertionError) as err:
+        raise RecipeError([f"cannot parse: {str(err).splitlines()[0] if str(err) else type(err).__name__}"],
+                          source=str(path)) from None
     data = OmegaConf.to_container(node, resolve=False)
     if not isinstance(data, dict):
         raise RecipeError(["the top level must be a mapping of sections (data:, model:, ...)"],
                           source=str(path))
+    return data
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice (as OmegaConf does for recipe files)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:  # the keys as written (a merge key's values may be overridden)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key_node.value}",
+                                                            key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_stored_recipe(text: str, source: str) -> dict[str, Any]:
+    """A recipe stored as YAML text (a checkpoint's metadata) as plain data, within the same limits as a file.
+
+    Parsed as ``yaml.safe_load`` does (a key given twice refused): no OmegaConf, no resolvers, no
+    interpolation.
+    """
+    if not isinstance(text, str):
+        raise RecipeError(["stored recipe is not text"], source)
+    try:
+        limits = yaml_limit_problems(text)
+        if limits:
+            raise RecipeError([f"stored recipe: {p}; this checkpoint was not written by advtrain" for p in limits],
+                              source)
+        data: Any = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as err:
+        raise RecipeError([f"stored recipe is not valid YAML: {str(err).splitlines()[0]}"], source) from None
+    if not isinstance(data, dict):
+        raise RecipeError(["stored recipe is not a mapping"], source)
     return data
 
 
@@ -71,9 +201,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise RecipeError([f"override '{text}' has an empty key"])
+    control = _CONTROL.search(text)
+    if control:
+        what = "a line break" if control.group() in "\n\r" else f"the control character {control.group()!r}"
+        raise RecipeError([f"override {text!r} holds {what}; give one key=value per argument, each on one line "
+                           "(e.g. schedule.epochs=3 name=x)"])
     try:
+        limits = yaml_limit_problems(f"v: {raw}")
+        if limits:
+            raise RecipeError([f"override '{key}=...': {p.replace('the recipe', 'the value')}" for p in limits])
         value = yaml_value(raw)
-    except (yaml.YAMLError, OmegaConfBaseException) as err:
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError, AssertionError) as err:
         raise RecipeError([f"override '{text}': cannot parse value ({str(err).splitlines()[0]})"]) from None
     return key, value
 
@@ -82,7 +220,7 @@ def yaml_value(raw: str) -> Any:
     """Parse one override value with OmegaConf's YAML loader (``5e-4`` is a float there)."""
     if raw.strip() == "":
         return ""
-    return OmegaConf.to_container(OmegaConf.create(f"v: {raw}"), resolve=False)["v"]
+    return OmegaConf.to_container(_omegaconf_create(f"v: {raw}"), resolve=False)["v"]
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

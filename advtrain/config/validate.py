@@ -14,15 +14,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from advtrain.config.params_check import check_params
+from advtrain.config.params_check import check_params, unknown_key_problems
 from advtrain.config.read import resolve_interpolations
 from advtrain.config.recipe import Component, Recipe
 from advtrain.config.schema import COMPONENT_SECTIONS, FIXED_SECTIONS, RecipeTop, log_problems
 from advtrain.config.sections import SECTION_REGISTRIES
-from advtrain.errors import RecipeError, UserError, did_you_mean
+from advtrain.errors import RecipeError, UserError
 from advtrain.objectives import ignored_attack_params
 
 TOP_KEYS = [f.name for f in dataclasses.fields(RecipeTop)]
+#: A message lists this many problems, then counts the rest.
+MAX_SHOWN_PROBLEMS = 40
 ALL_SECTIONS = [*TOP_KEYS, *COMPONENT_SECTIONS, *FIXED_SECTIONS]
 
 
@@ -128,11 +130,8 @@ def validate(data: dict[str, Any], source: str | None = None, *, interpolate: bo
         interpolate: Resolve plain ``${key}`` references. False for recipes stored in checkpoints:
             they are data, written resolved, and any ``${`` in them stays literal text.
     """
-    problems: list[str] = []
-    for key in data:
-        if key not in ALL_SECTIONS:
-            problems.append(f"{key}: unknown recipe key{did_you_mean(key, ALL_SECTIONS)} "
-                            f"(valid: {', '.join(ALL_SECTIONS)})")
+    problems: list[str] = unknown_key_problems([k for k in data if k not in ALL_SECTIONS], ALL_SECTIONS, "",
+                                               "unknown recipe key")
     # Fill fixed-section defaults so interpolations such as ${name} in output.dir resolve.
     merged = {k: v for k, v in data.items() if k in ALL_SECTIONS}
     for section in FIXED_SECTIONS:
@@ -167,6 +166,8 @@ def validate(data: dict[str, Any], source: str | None = None, *, interpolate: bo
         problems = [p.replace("recipe.", "", 1) if p.startswith("recipe.") else p for p in problems]
         refused = {p.split(":", 1)[0] for p in problems if "uses a resolver" in p}  # one message per key
         problems = [p for p in problems if "uses a resolver" in p or p.split(":", 1)[0] not in refused]
+        if len(problems) > MAX_SHOWN_PROBLEMS:
+            problems = [*problems[:MAX_SHOWN_PROBLEMS], f"... and {len(problems) - MAX_SHOWN_PROBLEMS:,} more problems"]
         raise RecipeError(problems, source=source)
     resolved = _as_written(merged, components, fixed, top)
     return Recipe(

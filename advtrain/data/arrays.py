@@ -42,6 +42,11 @@ def _check_members(path: Path, limit: int) -> dict[str, tuple[tuple[int, ...], n
     headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     try:
         with zipfile.ZipFile(path) as archive:
+            names = [info.filename for info in archive.infolist()]
+            twice = sorted({n.removesuffix(".npy") for n in names if names.count(n) > 1})
+            if twice:  # numpy would silently read one of them; which one is the zip reader's choice
+                raise DataError(f"'{path}' holds key(s) {', '.join(twice[:5])} more than once; a .npz has one "
+                                "array per key. Write it again with numpy.savez")
             for info in archive.infolist():
                 name = info.filename.removesuffix(".npy")
                 with archive.open(info) as handle:
@@ -124,6 +129,10 @@ def _labels(y: np.ndarray, n: int, where: str) -> torch.Tensor:
         raise DataError(f"{where} has dtype {y.dtype}; expected integer class indices")
     if len(y) and y.min() < 0:
         raise DataError(f"{where} contains the label {int(y.min())}; labels must be 0..num_classes-1")
+    if len(y) and int(y.max()) >= MAX_CLASSES:  # checked in the file's own dtype: uint64 would wrap in int64
+        top = int(y.max())
+        raise DataError(f"{where} contains the label {top}, which would mean {top + 1} classes (at most "
+                        f"{MAX_CLASSES}); labels must be 0..num_classes-1 class indices")
     return torch.from_numpy(y.astype(np.int64))
 
 
@@ -152,6 +161,10 @@ def read_npz_facts(path: str | Path, *, num_classes: int | None = None,
         max_bytes: Refuse archives whose arrays together exceed this (default: half the memory).
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(f"data file '{path}' is a folder, not a .npz file; data.path must name a .npz with "
+                        f"{', '.join(REQUIRED_KEYS)} (for a folder of images use data.name=imagefolder with "
+                        f"data.root)")
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist; data.path must name a .npz with "
                         f"{', '.join(REQUIRED_KEYS)}")

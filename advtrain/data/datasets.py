@@ -131,8 +131,9 @@ def torchvision_not_found(cls: Any, root: str, title: str, has_path: bool) -> Da
     """The error for a torchvision dataset missing from ``root`` (and not to be downloaded)."""
     folder = Path(root).expanduser() / getattr(cls, "base_folder", "")
     npz = _NPZ_HINT if has_path else ""
-    return DataError(f"{title} not found in '{folder}' (torchvision's layout); set data.download=true to "
-                     f"fetch it into data.root, or point data.root at a folder that has it{npz}")
+    return DataError(f"{title} not found in '{folder}' (torchvision's layout); set data.download=true to let "
+                     f"`advtrain run` fetch it into data.root (eval never downloads), or point data.root at a folder "
+                     f"that has it (advtrain eval: --data root=FOLDER){npz}")
 
 
 def _cifar(params: CifarParams, num_classes: int, title: str, stats: tuple) -> DataBundle:
@@ -215,6 +216,9 @@ def scan_image_folder(folder: Path, classes: list[str] | None) -> tuple[list[tup
 def image_folder_samples(root_text: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
     """(train samples, test samples, class names) of an image-folder root (files listed, none decoded)."""
     root = Path(root_text).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root '{root}' is a file, not a folder; it must be a folder holding train/ and val/ "
+                        f"(or test/) folders (for a .npz file use data.name=arrays with data.path)")
     if not root.is_dir():
         raise DataError(f"data.root '{root}' does not exist; it must hold train/ and val/ (or test/) folders")
     held_out = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)

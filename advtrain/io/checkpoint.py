@@ -22,32 +22,27 @@ only then loads the weights, the optimizer state, the scaler and the RNGs.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from advtrain import __version__
-from advtrain.errors import CheckpointError, UserError
+from advtrain.errors import CheckpointError
 from advtrain.io.checkpoint_meta import FORMAT_VERSION, check_metadata
+from advtrain.io.files import TMP_GLOB, TMP_SUFFIX, write_atomically  # noqa: F401 - the one atomic writer
 from advtrain.io.run_state import EpochProgress, RunState
 from advtrain.selection.coreset import Coreset
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "RunState", "TrainingState", "check_metadata", "load", "resume", "save",
            "write_atomically"]
 
-TMP_SUFFIX = ".tmp"
-#: Temporary files of :func:`write_atomically` (``.<name>.<random>.tmp``): a killed write leaves one.
-TMP_GLOB = f".*{TMP_SUFFIX}"
 #: Recipe keys that may change between a checkpoint and a resumed run.
 RESUMABLE_KEYS = ("name", "device", "output", "eval", "runtime", "log")
 #: The most entries a stored coreset may declare (read before the data is known: 800 MB of int64).
@@ -221,31 +216,6 @@ def save(path: Path, state: TrainingState, *, kind: str = "last") -> None:
     metadata = {"advtrain": json.dumps(meta), "recipe": state.recipe_yaml,
                 "model_name": state.model_name, "advtrain_version": __version__}
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def write_atomically(path: Path, write: Any) -> None:
-    """Run ``write(tmp_path)`` then rename onto ``path``; on any failure keep the old file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    except OSError as err:
-        raise UserError(f"cannot write '{path}': {err.strerror or err}. Choose a writable "
-                        f"output.dir.") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, SafetensorError) as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write '{path}' ({err}); the previous file, if any, is intact. "
-                        f"Free disk space or choose another output.dir.") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read_header(path: Path) -> tuple[dict[str, str], dict[str, TensorInfo], list[str]]:
@@ -445,14 +415,12 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return diffs
 
 
-def check_recipe(ckpt: Checkpoint, recipe: dict[str, Any], *, force: bool) -> None:
-    """Refuse a checkpoint trained with another recipe (RESUMABLE_KEYS aside) unless ``force``."""
-    try:
-        old = yaml.safe_load(ckpt.recipe_yaml) or {}
-    except (yaml.YAMLError, RecursionError):
-        raise CheckpointError(f"checkpoint '{ckpt.path}': its stored recipe is not valid YAML.") from None
-    if not isinstance(old, dict):
-        raise CheckpointError(f"checkpoint '{ckpt.path}': its stored recipe is not a mapping.")
+def check_recipe(ckpt: Checkpoint, old: dict[str, Any], recipe: dict[str, Any], *, force: bool) -> None:
+    """Refuse a checkpoint trained with another recipe (RESUMABLE_KEYS aside) unless ``force``.
+
+    ``old`` is the checkpoint's stored recipe, parsed by the caller within the limits of a recipe
+    file (:func:`advtrain.config.read.parse_stored_recipe`: size, depth, aliases).
+    """
     diffs = recipe_differences(old, recipe)
     if diffs and not force:
         raise CheckpointError(
@@ -548,7 +516,8 @@ def check_coreset(ckpt: Checkpoint, n_train: int, sizes: tuple[int, int] | None)
     return Coreset(indices, weights, int(ckpt.meta["coreset_epoch"]))
 
 
-def resume(ckpt: Checkpoint, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, optimizer_name: str,
+def resume(ckpt: Checkpoint, *, stored_recipe: dict[str, Any], model: torch.nn.Module,
+           optimizer: torch.optim.Optimizer, optimizer_name: str,
            scaler: torch.amp.GradScaler, recipe: dict[str, Any], n_train: int,
            coreset_sizes: tuple[int, int] | None, force: bool) -> RunState:
     """Check ``ckpt`` against this run, then load it into ``model``/``optimizer``/``scaler`` and the RNGs.
@@ -562,7 +531,7 @@ def resume(ckpt: Checkpoint, *, model: torch.nn.Module, optimizer: torch.optim.O
         whether the run folder keeps it).
     """
     check_model_matches(ckpt, model.model_name, model.num_classes)  # before the recipe diff: the plainer message
-    check_recipe(ckpt, recipe, force=force)
+    check_recipe(ckpt, stored_recipe, recipe, force=force)
     coreset = check_coreset(ckpt, n_train, coreset_sizes)
     check_optimizer_tensors(ckpt, [p for g in optimizer.param_groups for p in g["params"]])
     check_optimizer_settings(ckpt, optimizer, optimizer_name, force=force)

@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from advtrain.errors import UserError
 from advtrain.io import checkpoint as ckpt_io
+from advtrain.io.files import (
+    os_error_text,
+    read_text_no_follow,
+    refuse_links,
+    write_atomically,
+    write_bytes,
+    write_text,
+)
 
 RECIPE = "recipe.yaml"
 METRICS = "metrics.jsonl"
@@ -41,14 +50,14 @@ def coreset_name(epoch: int) -> str:
     return f"epoch_{epoch + 1:03d}.npz"
 
 
-def write_json(path: Path, record: dict) -> None:
+def write_json(path: Path, record: dict, *, inside: Path | None = None) -> None:
     """Indented JSON, replaced whole (non-JSON numbers such as numpy floats become floats)."""
-    text = json.dumps(record, indent=2, default=float)
-    ckpt_io.write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(path, json.dumps(record, indent=2, default=float), inside=inside)
 
 
 def write_coreset_npz(path: Path, *, indices: Tensor, weights: Tensor, labels: Tensor, epoch: int,
-                      extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                      extra: Mapping[str, np.ndarray] | None = None,
+                      inside: Path | None = None) -> dict[str, np.ndarray]:
     """A coreset as ``.npz`` (indices, weights, labels, epoch, then ``extra``), replaced whole.
 
     The one writer of coreset files: the run folder's ``coreset/epoch_XXX.npz`` and
@@ -62,7 +71,7 @@ def write_coreset_npz(path: Path, *, indices: Tensor, weights: Tensor, labels: T
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 
-    ckpt_io.write_atomically(path, write)
+    write_atomically(path, write, inside=inside)
     return arrays
 
 
@@ -72,6 +81,7 @@ class RunFiles:
     def __init__(self, path: Path, *, writes: bool = True) -> None:
         self.path = Path(path)
         self.writes = writes
+        self._torn = False
 
     # ----------------------------------------------------------------- names
     @property
@@ -90,34 +100,64 @@ class RunFiles:
         return self.path / CORESET_DIR / coreset_name(epoch)
 
     # ---------------------------------------------------------------- writes
+    # Every file is replaced whole through io.files (never appended to, never opened through a link).
     def write_recipe(self, text: str) -> None:
         if self.writes:
-            (self.path / RECIPE).write_text(text)
+            write_text(self.path / RECIPE, text, inside=self.path)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """One line of ``metrics.jsonl`` per finished epoch."""
+        """One line of ``metrics.jsonl`` per finished epoch (the file is rewritten whole: a crash never tears it)."""
         if self.writes:
-            with open(self.metrics, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            logged = self._read_metrics()
+            write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in [*logged, record]), inside=self.path)
 
     def metrics_before(self, epoch: int) -> list[dict[str, Any]]:
         """The logged epochs before ``epoch``; a resume redoes the later ones, so their lines are dropped."""
+        logged = self._read_metrics()
+        kept = [m for m in logged if m["epoch"] < epoch]
+        if self.writes and (len(kept) < len(logged) or self._torn):
+            write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in kept), inside=self.path)
+        return kept
+
+    def _read_metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl``. A torn last line (a crash mid-write by an older advtrain or a
+        full disk) is dropped: its epoch is redone from the checkpoint. Any other damage is named."""
+        self._torn = False
         if not self.metrics.exists():
             return []
-        logged = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
-        kept = [m for m in logged if m["epoch"] < epoch]
-        if len(kept) < len(logged) and self.writes:
-            self.metrics.write_text("".join(json.dumps(m) + "\n" for m in kept))
-        return kept
+        try:
+            text = read_text_no_follow(self.metrics)
+        except OSError as err:
+            raise UserError(f"cannot read '{self.metrics}' ({os_error_text(err)}).") from None
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                    raise ValueError("not an epoch record")
+            except (ValueError, RecursionError):
+                if number == len(lines) and not text.endswith("\n"):  # the unfinished last line
+                    self._torn = True
+                    break
+                raise UserError(f"'{self.metrics}' line {number} is damaged (not an epoch record advtrain "
+                                f"writes); the checkpoints are intact. Move the file aside to continue with a "
+                                f"log that starts at the resumed epoch, or pass --overwrite to start over.") from None
+            records.append(record)
+        return records
 
     def write_coreset(self, epoch: int, *, indices: Tensor, weights: Tensor, labels: Tensor) -> None:
         if self.writes:
-            write_coreset_npz(self.coreset(epoch), indices=indices, weights=weights, labels=labels, epoch=epoch)
+            write_coreset_npz(self.coreset(epoch), indices=indices, weights=weights, labels=labels, epoch=epoch,
+                              inside=self.path)
 
     def save_checkpoint(self, state: ckpt_io.TrainingState, kind: str, *, epoch: int | None = None) -> Path:
         """``last``, ``best`` or the numbered ``epoch`` checkpoint (``epoch`` = completed epochs)."""
         path = {"last": self.last, "best": self.best}.get(kind) or self.path / epoch_checkpoint_name(epoch or 0)
         if self.writes:
+            refuse_links(self.path, path.parent)
             ckpt_io.save(path, state, kind=kind)
         return path
 
@@ -125,7 +165,7 @@ class RunFiles:
         """report.md, curves.png, then report.json: written last, it marks a finished run."""
         if not self.writes:
             return
-        ckpt_io.write_atomically(self.path / REPORT_MD, lambda tmp: tmp.write_text(markdown))
+        write_text(self.path / REPORT_MD, markdown, inside=self.path)
         if curves_png is not None:
-            ckpt_io.write_atomically(self.path / CURVES, lambda tmp: tmp.write_bytes(curves_png))
-        write_json(self.path / REPORT_JSON, report)
+            write_bytes(self.path / CURVES, curves_png, inside=self.path)
+        write_json(self.path / REPORT_JSON, report, inside=self.path)

@@ -560,13 +560,10 @@ def run_compare(run_dirs: Sequence[Path], out: Path | None, attack: str | None =
     runs, skipped = load_runs([Path(p) for p in run_dirs])
     result = compare_runs(runs, attack)
     result["skipped"] = skipped
-    out = Path(out) if out is not None else Path("compare")
-    if out.is_file():
-        raise UserError(f"--out '{out}' is a file; give a folder.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out '{out}' cannot be created ({err.strerror or err}); choose another folder.") from None
+    from advtrain.io.outputs import claim_output_dir
+
+    out = claim_output_dir(Path(out) if out is not None else Path("compare"), command="compare",
+                           files=("compare.json", "compare.md", "tradeoff.png"))
     write_json(out / "compare.json", result)
     text = markdown(result)
     write_atomically(out / "compare.md", lambda tmp: Path(tmp).write_text(text))

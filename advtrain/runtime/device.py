@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import torch
 
 from advtrain.errors import UserError
 
+#: The device names advtrain runs on: the recipe's ``device`` key (config.schema.RecipeTop) allows the same.
+DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d{1,2})?|mps")
+
+
+def device_name_problem(spec: object) -> str | None:
+    """Why ``spec`` is not a device advtrain runs on (torch also knows meta, xla, ... which cannot train here)."""
+    if isinstance(spec, str) and DEVICE_NAMES.fullmatch(spec.strip().lower()):
+        return None
+    return f"'{spec}' is not a device advtrain runs on; use auto, cpu, cuda, cuda:N or mps"
+
 
 def pick_device(spec: str) -> torch.device:
     """``auto`` → CUDA when present, then MPS, else CPU; explicit names are checked."""
+    problem = device_name_problem(spec)
+    if problem:
+        raise UserError(f"device {problem}.")
     spec = spec.strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():

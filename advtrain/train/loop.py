@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain import build
+from advtrain.config.read import parse_stored_recipe
 from advtrain.config.recipe import Recipe
 from advtrain.errors import DivergenceError, UserError
 from advtrain.eval.robust import EvalResult, evaluate
@@ -525,10 +526,12 @@ class Trainer:
         run_id = theirs if folder is None else folder.resume_run_id(theirs, path)
         selector = self.recipe.components["selector"]
         sizes = coreset_size_bounds(selector.params, self.data.train.labels, self.data.batch_size)
-        self.state = ckpt_io.resume(ckpt, model=self.model, optimizer=self.optimizer,
+        # the stored recipe within the limits of a recipe file, before any other check reads it
+        stored = parse_stored_recipe(ckpt.recipe_yaml, f"{path} (stored recipe)")
+        self.state = ckpt_io.resume(ckpt, stored_recipe=stored, model=self.model, optimizer=self.optimizer,
                                     optimizer_name=self.recipe.components["optim"].name, scaler=self.scaler,
-                                    recipe=self.recipe.resolved, n_train=len(self.data.train), coreset_sizes=sizes,
-                                    force=force)
+                                    recipe=self.recipe.resolved, n_train=len(self.data.train),
+                                    coreset_sizes=sizes, force=force)
         self.state.run_id = run_id
         # the lines of epochs to redo are dropped
         self.metrics = [MetricsLine.from_json(m) for m in self.files.metrics_before(self.state.epoch)]

@@ -5,12 +5,15 @@ test or a non-zero DDP rank can pass :class:`SilentReporter` instead.
 
 Text passed in is never read as rich markup: paths, run names and error messages come from users,
 and ``[/b]`` in a folder name must print as written, not crash. Colour is chosen with ``style=``
-for the whole line.
+for the whole line. Nor does it reach the terminal as control codes: a recipe name, a path or a
+checkpoint's metadata may hold ESC/OSC sequences (clear the screen, set the window title, write the
+clipboard with OSC 52), so every string printed here goes through :func:`safe_text` first.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -31,6 +34,21 @@ from rich.table import Table
 
 _console: Console | None = None
 _err_console: Console | None = None
+#: Characters shown escaped: C0 and C1 control codes (ESC, BEL, CSI, ...) but newline and tab, DEL, and the
+#: bidirectional overrides and isolates that reorder what a terminal shows.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_text(text: object) -> str:
+    """``text`` with every terminal control character written as a visible escape (``\\x1b``, ``\\u202e``)."""
+    text = str(text)
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)
+
+
+def _plain(text: object) -> str:
+    """Safe text that rich prints as written (no markup)."""
+    return escape(safe_text(text))
 
 
 def console() -> Console:
@@ -51,22 +69,22 @@ def err_console() -> Console:
 
 def print_error(title: str, message: str) -> None:
     """One red panel for a user error on stderr; no traceback."""
-    err_console().print(Panel(escape(message), title=f"[bold red]{escape(title)}", border_style="red",
+    err_console().print(Panel(_plain(message), title=f"[bold red]{_plain(title)}", border_style="red",
                               expand=False))
 
 
 def info(message: str, *, style: str | None = None) -> None:
     """One line of plain text (never markup), optionally in one ``style`` such as ``"green"``."""
-    console().print(escape(message), style=style)
+    console().print(_plain(message), style=style)
 
 
 def status(message: str, *, style: str | None = None) -> None:
     """A line about what a command did (``ok: ... is valid``, ``wrote ...``), on stderr beside its output."""
-    err_console().print(escape(message), style=style)
+    err_console().print(_plain(message), style=style)
 
 
 def warn(message: str) -> None:
-    err_console().print(f"[yellow]warning:[/] {escape(message)}")
+    err_console().print(f"[yellow]warning:[/] {_plain(message)}")
 
 
 def print_json(data: Any) -> None:
@@ -92,15 +110,15 @@ def print_traceback(err: BaseException) -> None:
     """``--debug``: the traceback of ``err`` and of the exception it was raised from."""
     import traceback
 
-    err_console().print("".join(traceback.format_exception(err)), markup=False, highlight=False)
+    err_console().print(safe_text("".join(traceback.format_exception(err))), markup=False, highlight=False)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    table = Table(title=escape(title), show_lines=False)
+    table = Table(title=_plain(title), show_lines=False)
     for column in columns:
-        table.add_column(column)
+        table.add_column(_plain(column))
     for row in rows:
-        table.add_row(*[escape(str(cell)) for cell in row])
+        table.add_row(*[_plain(cell) for cell in row])
     console().print(table)
 
 
@@ -108,6 +126,7 @@ def print_text(text: str) -> None:
     """``text`` on stdout exactly as given (no wrapping at the terminal width): output others may parse."""
     import sys
 
+    text = safe_text(text)  # newline and tab kept: YAML and tables stay as written
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
 
@@ -180,7 +199,7 @@ class ProgressReporter:
     def epoch_start(self, epoch: int, batches: int, phase: str) -> None:
         if self._batch_task is not None:
             self._progress.remove_task(self._batch_task)
-        self._batch_task = self._progress.add_task(escape(f"epoch {epoch + 1} [{phase}]"), total=batches, status="")
+        self._batch_task = self._progress.add_task(_plain(f"epoch {epoch + 1} [{phase}]"), total=batches, status="")
 
     def progress(self, done: int, loss: float, acc: float) -> None:
         """``done`` batches of the epoch trained; ``loss``/``acc`` are the epoch's means so far.
@@ -205,10 +224,10 @@ class ProgressReporter:
         if self._val:
             status += f"  val: {self._val}"
         self._progress.update(self._epoch_task, advance=1, status=status)
-        self._progress.console.print(escape(_epoch_line(epoch, summary)))
+        self._progress.console.print(_plain(_epoch_line(epoch, summary)))
 
     def message(self, text: str, *, style: str | None = None) -> None:
-        self._progress.console.print(escape(text), style=style)
+        self._progress.console.print(_plain(text), style=style)
 
     def stop(self) -> None:
         self._progress.stop()
@@ -229,7 +248,7 @@ class _SelectionBar:
             self.clear()  # a new pass
         if stage not in self._tasks:
             what = "attack+features" if stage == "attack" else "solver"
-            self._tasks[stage] = self._progress.add_task(escape(f"{label} [{what}]"), status="", total=total)
+            self._tasks[stage] = self._progress.add_task(_plain(f"{label} [{what}]"), status="", total=total)
         self._progress.update(self._tasks[stage], completed=done, total=total)
 
     def clear(self) -> None:
@@ -298,5 +317,5 @@ class EvalProgress:
 
     def __call__(self, label: str, done: int, total: int) -> None:
         if label not in self._tasks:
-            self._tasks[label] = self._progress.add_task(escape(label), total=total)
+            self._tasks[label] = self._progress.add_task(_plain(label), total=total)
         self._progress.update(self._tasks[label], completed=done, total=total)

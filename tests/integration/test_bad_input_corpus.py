@@ -86,6 +86,17 @@ def _make_bad_data(folder: Path) -> None:
             _write_npy_member(archive, key, value)
     (folder / "notarun").mkdir()
     (folder / "notarun/report.json").write_text('{"mine": "not advtrain"}')
+    np.savez(folder / "uint64_labels.npz", train_x=x, train_y=np.full(8, 2**64 - 1, np.uint64), test_x=x[:4],
+             test_y=np.zeros(4, np.uint64))
+    with zipfile.ZipFile(folder / "twice.npz", "w") as archive:  # train_y stored twice: which one would numpy take?
+        import warnings
+
+        for key, value in (("train_x", x), ("train_y", y), ("train_y", 1 - y), ("test_x", x), ("test_y", y)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+                _write_npy_member(archive, key, value)
+    (folder / "planted").mkdir()  # a run folder whose metrics.jsonl is a link to the victim's
+    (folder / "planted/metrics.jsonl").symlink_to(folder.parent / "runs/victim/metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +127,15 @@ def arena(finished_runs, tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+#: Terminal control characters: whatever a case holds, none reaches the terminal unescaped.
+CONTROL = ["\x1b", "\x07", "\x9b", "\x00", "\u202e"]
+
+
 def _assert_clean_refusal(arena: Path, before: dict[str, bytes], code: int, out: str, expected: list[str],
                           absent: list[str] = ()) -> None:
     assert code == 2, out
     assert "Traceback" not in out
+    assert not [c for c in CONTROL if c in out], f"a control character reached the terminal:\n{out!r}"
     for fragment in expected:
         assert fragment in out, f"{fragment!r} not in:\n{out}"
     for fragment in [SECRET, *absent]:
@@ -153,6 +169,10 @@ RUN_TIME_ONLY = {
     "resume_missing_checkpoint": "--resume finds no checkpoint in output.dir (the folder's state)",
     "unwritable_output": "output.dir cannot be created where the run starts (the file system's state)",
     "markup_in_output_dir": "output.dir cannot be created where the run starts (the file system's state)",
+    "flags_resume_and_overwrite": "--resume with --overwrite (command-line flags)",
+    "flags_device_meta": "--device meta (a command-line flag)",
+    "flags_force_alone": "--force without --resume (a command-line flag)",
+    "planted_link_in_run_folder": "output.dir holds a planted link (the folder's state)",
 }
 
 
@@ -464,3 +484,128 @@ def test_markup_in_a_missing_recipe_path_is_printed_as_written(arena):
     before = _snapshot(arena / "runs")
     code, out = _invoke("validate", "runs/[/b][bold]x.yaml")
     _assert_clean_refusal(arena, before, code, out, ["recipe file 'runs/[/b][bold]x.yaml' does not exist"])
+
+
+# ------------------------------------------------------------- stored recipes: the limits of a file
+def _stored_recipe(make):
+    def edit(tensors, metadata):
+        import yaml
+
+        metadata["recipe"] = make(yaml.safe_load(metadata["recipe"]), metadata["recipe"])
+    return edit
+
+
+_BOMB = "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10) if i else ', '.join(['1'] * 10)}]\n" for i in range(9))
+STORED_RECIPE_CASES = {
+    "stored_recipe_alias_bomb": (_stored_recipe(lambda data, text: _BOMB + text),
+                                 "stored recipe: the recipe holds more than 10,000 values"),
+    "stored_recipe_3000_deep": (_stored_recipe(lambda data, text: text + "x: " + "[" * 3000 + "]" * 3000 + "\n"),
+                                "stored recipe: the recipe nests more than 32 levels deep"),
+    "stored_recipe_huge": (_stored_recipe(lambda data, text: text + f"x: '{'a' * 2_000_000}'\n"),
+                           "stored recipe: the recipe is 2,00"),
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "resume"])
+@pytest.mark.parametrize("case", sorted(STORED_RECIPE_CASES))
+def test_a_stored_recipe_meets_the_limits_of_a_recipe_file(arena, case, command):
+    edit, expected = STORED_RECIPE_CASES[case]
+    tensors, metadata = _read_checkpoint(arena / "runs/victim/last.safetensors")
+    edit(tensors, metadata)
+    save_file(tensors, str(arena / "downloaded.safetensors"), metadata=metadata)
+    before = _snapshot(arena / "runs")
+    if command == "eval":
+        code, out = _invoke("eval", "downloaded.safetensors", "--attack", "clean", "--n-examples", "4", "--out", "ev")
+    else:
+        code, out = _invoke("run", ASSETS / "tiny.yaml", *VICTIM_ARGS, "output.dir=runs/victim", "--resume-from",
+                            "downloaded.safetensors")
+    _assert_clean_refusal(arena, before, code, out, [expected])
+
+
+def test_a_stored_recipe_never_downloads_nor_creates_folders(arena, monkeypatch):
+    import socket
+
+    import yaml
+
+    connections = []
+    monkeypatch.setattr(socket.socket, "connect", lambda self, *a: connections.append(a) or 1 / 0)
+    tensors, metadata = _read_checkpoint(arena / "runs/victim/last.safetensors")
+    recipe = yaml.safe_load(metadata["recipe"])
+    recipe["data"] = {"name": "cifar10", "root": "fetched/here", "download": True}
+    metadata["recipe"] = yaml.safe_dump(recipe)
+    save_file(tensors, str(arena / "downloaded.safetensors"), metadata=metadata)
+    before = _snapshot(arena / "runs")
+    code, out = _invoke("eval", "downloaded.safetensors", "--attack", "clean", "--n-examples", "4")
+    _assert_clean_refusal(arena, before, code, out, ["CIFAR-10 not found in 'fetched/here/cifar-10-batches-py'",
+                                                     "eval never downloads", "--data root=FOLDER"])
+    assert not connections and not (arena / "fetched").exists()
+
+
+# --------------------------------------------------------------------- generated recipes and overrides
+def _tiny_with(text: str) -> str:
+    return (ASSETS / "tiny.yaml").read_text() + text
+
+
+@pytest.mark.parametrize("case, make, expected", [
+    ("unknown_keys_4800", lambda: _tiny_with("".join(f"k{i}: 1\n" for i in range(4_800))),
+     ["4,800 unknown keys (unknown recipe key): 'k0', 'k1', 'k2', 'k3', 'k4' and 4,795 more (valid: name,"]),
+    ("unknown_params_many", lambda: (ASSETS / "tiny.yaml").read_text().replace(
+        "optim: {name: sgd,", "optim: {name: sgd, " + ", ".join(f"p{i}: 1" for i in range(40)) + ","),
+     ["optim: 40 unknown keys (not a parameter of optim 'sgd'): 'p0', 'p1', 'p2', 'p3', 'p4' and 35 more"]),
+    ("string_of_20k", lambda: _tiny_with(f"name: {'a' * 20_000}\n"), ["line 17: a value of 20,000 characters"]),
+    ("file_of_20mb", lambda: _tiny_with(f"name: {'a' * 20_000_000}\n"), ["the file is 20,00", "bytes"]),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_generated_bad_recipes(arena, case, make, expected):
+    path = arena / f"{case}.yaml"
+    path.write_text(make())
+    before = _snapshot(arena / "runs")
+    for command in ("validate", "run"):
+        code, out = _invoke(command, path)
+        _assert_clean_refusal(arena, before, code, out, expected)
+        assert len(out) < 5000, "the message must stay readable"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["schedule.epochs=3\nname: x"], "override 'schedule.epochs=3\\nname: x' holds a line break"),
+    (["name=x\x1b]0;t\x07"], "holds the control character '\\x1b'"),
+    (["eval.attacks=[pgd1, pgd2, " + "pgd3, " * 3000 + "]"], "more than 32 levels deep" if False else None),
+    (["data.batch_size=" + "[" * 100 + "]" * 100], "override 'data.batch_size=...': the value nests more than 32"),
+    (["name=" + "a" * 20_000], "override 'name=...': line 1: a value of 20,000 characters"),
+    (["output.dir="], "output.dir: must name a file or folder, got an empty string"),
+], ids=["newline", "escape", "long_list", "deep", "long_value", "empty_output_dir"])
+def test_bad_overrides_are_refused_by_validate_and_run_alike(arena, args, expected):
+    if expected is None:  # a long but shallow value is fine for the limits; the attack names are checked as usual
+        args, expected = ["eval.attacks=[pgd1, " + "pgd3x, " * 3000 + "]"], "eval.attacks[1]"
+    before = _snapshot(arena / "runs")
+    for command in ("validate", "run"):
+        code, out = _invoke(command, ASSETS / "tiny.yaml", *args)
+        _assert_clean_refusal(arena, before, code, out, [expected])
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["eval", "runs/victim/best.safetensors", "--device", "meta"], "--device: 'meta' is not a device advtrain runs on"),
+    (["eval", "runs/victim/best.safetensors", "--device", "xla"], "--device: 'xla' is not a device"),
+    (["eval", "runs/victim/best.safetensors", "--eps", "1e308"], "--eps: must be <= 1000, got 1e+308"),
+    (["eval", "runs/victim/best.safetensors", "--eps-sweep", "0,1e300"], "--eps-sweep: must be <= 1000"),
+    (["eval", "runs/victim/best.safetensors", "--alpha", "0"], "--alpha: must be > 0"),
+    (["eval", "runs/victim/best.safetensors", "--out", "runs/victim"], "is the folder of the training run"),
+    (["eval", "ck\x1b[2J\x1b]0;x\x07.safetensors"], "checkpoint 'ck\\x1b[2J\\x1b]0;x\\x07.safetensors' does not exist"),
+    (["select", str(ASSETS / "tiny.yaml"), "--dump-indices", "--device", "meta"], "--device: 'meta'"),
+    (["select", str(ASSETS / "tiny.yaml"), "--dump-indices", "--out", "runs/victim/last.safetensors"],
+     "must name a .npz file"),
+    (["select", str(ASSETS / "tiny.yaml"), "--dump-indices", "--out", "runs/victim/coreset.npz"],
+     "is inside the folder of the training run"),
+    (["run", str(ASSETS / "tiny.yaml"), "--resume", "--resume-from", "runs/victim/last.safetensors"],
+     "--resume and --resume-from both name the checkpoint"),
+    (["run", str(ASSETS / "tiny.yaml"), "--resume-from", "runs/victim/last.safetensors", "--overwrite"],
+     "contradicts --resume-from"),
+    (["compare", "runs/victim", "--out", "runs/other"], "is the folder of the training run"),
+    (["no\x1b]52;c;eA==\x07such"], "No such command 'no\\x1b]52;c;eA==\\x07such'"),
+], ids=["eval_device_meta", "eval_device_xla", "eval_eps_huge", "eval_sweep_huge", "eval_alpha_zero",
+        "eval_out_run_folder", "eval_path_escapes", "select_device_meta", "select_out_checkpoint",
+        "select_out_in_run", "run_resume_twice", "run_resume_from_overwrite", "compare_out_run_folder",
+        "command_name_escapes"])
+def test_bad_flags_exit_2_and_lose_nothing(arena, args, expected):
+    before = _snapshot(arena / "runs")
+    code, out = _invoke(*args)
+    _assert_clean_refusal(arena, before, code, out, [expected])

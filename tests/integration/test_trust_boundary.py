@@ -134,3 +134,256 @@ def test_sigterm_during_the_final_test_evaluation_then_resume_finishes(tmp_path,
     report = json.loads((run / "report.json").read_text())
     assert report["test"]["n_examples"] == 8 and report["final_val"]
     assert (run / "metrics.jsonl").read_bytes() == metrics  # no epoch was trained again
+
+
+# ------------------------------------------------------------------------ writes through planted links
+#: Every name advtrain writes (or deletes) in a run folder, planted as a link to a file outside it.
+PLANTED = [".advtrain.lock", "metrics.jsonl", "recipe.yaml", ".advtrain-run", "last.safetensors", "best.safetensors",
+           "report.json", "report.md", "curves.png", "epoch_001.safetensors", "coreset", "coreset/epoch_000.npz",
+           "eval", ".last.safetensors.abc.tmp"]
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_a_link_planted_in_a_run_folder_is_refused_and_nothing_outside_changes(cli, tiny_recipe, tmp_path, name):
+    run = tmp_path / "runs/tiny"
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "file").write_text("precious\n")
+    (outside / "dir/.x.tmp").write_text("precious\n")
+    (run / "coreset").mkdir(parents=True, exist_ok=True) if name.startswith("coreset/") else run.mkdir(parents=True)
+    target = outside / ("dir" if name in ("coreset", "eval") else "file")
+    (run / name).symlink_to(target)
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    resume = ["--resume"] if name in ("metrics.jsonl", "last.safetensors", "coreset") else []  # the same check
+    code, out = cli("run", tiny_recipe, *TINY, *resume)
+    assert code == 2, out
+    assert "symbolic link" in out and name.split("/")[-1] in out and "Traceback" not in out
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+    assert (run / name).is_symlink()  # not replaced either: the user decides what to do with it
+
+
+def test_a_hard_linked_lock_file_is_refused_and_not_truncated(cli, tiny_recipe, tmp_path):
+    run = tmp_path / "runs/tiny"
+    run.mkdir(parents=True)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    os.link(precious, run / ".advtrain.lock")
+    code, out = cli("run", tiny_recipe, *TINY)
+    assert code == 2 and "a hard link to another file" in out, out
+    assert precious.read_text() == "keep me\n"
+
+
+def test_a_link_planted_while_the_run_is_going_is_refused_at_the_write(tmp_path):
+    from advtrain.errors import UserError
+    from advtrain.io.run_files import RunFiles
+
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    (run / "coreset").symlink_to(outside)
+    files = RunFiles(run)
+    import torch
+
+    with pytest.raises(UserError, match="is a symbolic link"):
+        files.write_coreset(0, indices=torch.arange(2), weights=torch.ones(2), labels=torch.zeros(2, dtype=torch.long))
+    assert list(outside.iterdir()) == []
+
+
+# ------------------------------------------------------------------------ outputs of other commands
+def test_outputs_never_replace_a_runs_files_or_foreign_files(cli, tiny_recipe, tmp_path):
+    assert cli("run", tiny_recipe, *TINY)[0] == 0
+    run = tmp_path / "runs/tiny"
+    before = _files(run)
+    cases = [
+        (["eval", run / "last.safetensors", "--attack", "clean", "--out", run], "is the folder of the training run"),
+        (["eval", run / "last.safetensors", "--attack", "clean", "--out", run / "coreset"], "is inside the folder"),
+        (["select", tiny_recipe, *TINY, "--dump-indices", "--out", run / "last.safetensors"], "must name a .npz"),
+        (["select", tiny_recipe, *TINY, "--dump-indices", "--out", run / "picked.npz"], "is inside the folder"),
+        (["compare", run, "--out", run], "is the folder of the training run"),
+    ]
+    for args, expected in cases:
+        code, out = cli(*args)
+        assert code == 2 and expected in out and "Traceback" not in out, (args, out)
+    assert _files(run) == before
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "report.json").write_text('{"mine": 1}')
+    code, out = cli("eval", run / "last.safetensors", "--attack", "clean", "--n-examples", "4", "--out", foreign)
+    assert code == 2 and "written by another program" in out, out
+    assert (foreign / "report.json").read_text() == '{"mine": 1}'
+    (tmp_path / "notes.npz").write_bytes(b"my own file")
+    code, out = cli("select", tiny_recipe, *TINY, "--dump-indices", "--out", "notes.npz")
+    assert code == 2 and "is not a file advtrain select wrote" in out, out
+    assert (tmp_path / "notes.npz").read_bytes() == b"my own file"
+    for _ in range(2):  # the same command replaces its own earlier results
+        code, out = cli("eval", run / "last.safetensors", "--attack", "clean", "--n-examples", "4", "--out", "ev")
+        assert code == 0, out
+        code, out = cli("select", tiny_recipe, *TINY, "--dump-indices", "--out", "picked.npz")
+        assert code == 0, out
+    code, out = cli("compare", run, "--out", "ev")  # eval's folder is not compare's
+    assert code == 2 and "written by advtrain eval" in out, out
+
+
+def test_files_follow_the_umask(cli, tiny_recipe, tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert cli("run", tiny_recipe, *TINY)[0] == 0
+        assert cli("eval", "runs/tiny/best.safetensors", "--attack", "clean", "--n-examples", "4")[0] == 0
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "runs/tiny").rglob("*") if p.is_file()]
+    assert {"last.safetensors", "report.json", "curves.png", "robust_vs_eps.png", "recipe.yaml"} <= \
+        {p.name for p in written}
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in written}
+    assert set(modes.values()) == {oct(0o640)}, modes
+
+
+# ------------------------------------------------------------------------------ full disks
+def _disk_full_when(monkeypatch, predicate):
+    import errno
+
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if predicate(Path(dst)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("name", ["recipe.yaml", "metrics.jsonl", "last.safetensors"])
+def test_a_full_disk_at_any_run_file_is_a_clear_exit_2(cli, tiny_recipe, tmp_path, monkeypatch, name):
+    _disk_full_when(monkeypatch, lambda dst: dst.name == name)
+    code, out = cli("run", tiny_recipe, *TINY)
+    assert code == 2, out
+    assert f"could not write 'runs/tiny/{name}' (the disk is full" in out and "previous file" in out
+    assert "Traceback" not in out
+    assert not list((tmp_path / "runs/tiny").glob(".*.tmp"))  # no half-written temporary file left
+
+
+def test_a_full_disk_while_claiming_the_folder_is_a_clear_exit_2(cli, tiny_recipe, tmp_path, monkeypatch):
+    import errno
+
+    real_write = os.write
+
+    def write(fd, data):
+        if data == f"{os.getpid()}\n".encode():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    code, out = cli("run", tiny_recipe, *TINY)
+    assert code == 2 and "cannot write the lock file" in out and "the disk is full" in out, out
+    assert not (tmp_path / "runs/tiny").exists()  # the failed claim leaves no folder holding only a lock
+
+
+# --------------------------------------------------------------- runs that stopped before a checkpoint
+def test_a_run_stopped_before_its_first_checkpoint_restarts_plainly(cli, tiny_recipe, tmp_path):
+    run = tmp_path / "runs/tiny"
+    (run / "coreset").mkdir(parents=True)
+    (run / ".advtrain-run").write_text("0123456789abcdef0123456789abcdef\n")
+    (run / "recipe.yaml").write_text("name: tiny\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    (run / ".advtrain.lock").write_text("12345\n")
+    (run / "coreset/epoch_000.npz").write_bytes(b"")
+    code, out = cli("run", tiny_recipe, *TINY, "--resume")
+    assert code == 2 and "nothing to resume" in out and "without --resume" in out, out
+    code, out = cli("run", tiny_recipe, *TINY)
+    assert code == 0, out
+    assert "stopped before its first checkpoint" in out and "starting it again" in out
+    assert (run / ".advtrain-run").read_text() != "0123456789abcdef0123456789abcdef\n"
+    assert not (run / "coreset/epoch_000.npz").exists()
+
+
+def test_dead_ends_name_the_way_out(cli, tiny_recipe, tmp_path):
+    code, out = cli("run", tiny_recipe, *TINY, "--resume")
+    assert code == 2 and "without --resume" in out, out
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))  # no lock-only folder left
+    assert cli("run", tiny_recipe, *TINY, "output.keep_every=1")[0] == 0
+    (tmp_path / "runs/tiny/last.safetensors").unlink()
+    code, out = cli("run", tiny_recipe, *TINY, "--resume")
+    assert code == 2 and "--resume-from runs/tiny/epoch_001.safetensors" in out and "--overwrite" in out, out
+    code, out = cli("run", tiny_recipe, *TINY)
+    assert code == 2 and "--resume" in out and "--overwrite" in out, out
+
+
+def test_a_torn_last_metrics_line_does_not_stop_a_resume(cli, tiny_recipe, tmp_path):
+    assert cli("run", tiny_recipe, "schedule.epochs=2", "train.max_steps_per_epoch=1", "eval.n_examples=8")[0] == 0
+    run = tmp_path / "runs/tiny"
+    (run / "report.json").unlink()  # as if killed before the report
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed mid-write
+    code, out = cli("run", tiny_recipe, "schedule.epochs=2", "train.max_steps_per_epoch=1", "eval.n_examples=8",
+                    "--resume")
+    assert code == 0, out
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0]
+    (run / "metrics.jsonl").write_text("not json\n" + lines[0] + "\n")
+    code, out = cli("run", tiny_recipe, "schedule.epochs=3", "train.max_steps_per_epoch=1", "eval.n_examples=8",
+                    "--resume", "--force")
+    assert code == 2 and "metrics.jsonl' line 1 is damaged" in out and "Traceback" not in out, out
+
+
+# ------------------------------------------------------------------------------- kill chains
+CHAIN = ["data.n_train=240", "data.batch_size=8", "eval.every=0", "eval.n_examples=8", "selector=gradmatch",
+         "selector.fraction=0.5", "schedule.warm_start_epochs=1", "schedule.select_every=1"]
+
+
+def _model_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+
+
+def _logged(run: Path) -> int:
+    try:
+        return len((run / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def _kill_chain(tmp_path: Path, recipe: Path, epochs: int, after: list[int], seed: int) -> None:
+    """SIGKILL a run once per entry of ``after`` (once that many epochs are logged, then a random moment later),
+    each time continuing it (--resume, or a plain restart when no checkpoint was written yet); the final
+    weights must equal an uninterrupted run's bit for bit."""
+    import random
+
+    import torch
+
+    args = [str(recipe), *CHAIN, f"schedule.epochs={epochs}"]
+    reference = _spawn(tmp_path, "run", *args, "output.dir=runs/reference")
+    rng, run = random.Random(seed), tmp_path / "runs/killed"
+    resume: list[str] = []
+    for logged in after:
+        proc = _spawn(tmp_path, "run", *args, "output.dir=runs/killed", *resume)
+        end = time.monotonic() + 300
+        while _logged(run) < logged and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4 if logged else 3.0))  # inside the next epoch, its selection or its save
+        proc.kill()
+        proc.communicate(timeout=60)
+        resume = ["--resume"] if (run / "last.safetensors").exists() else []
+    final = _spawn(tmp_path, "run", *args, "output.dir=runs/killed", *resume)
+    out, _ = final.communicate(timeout=600)
+    assert final.returncode == 0, out
+    ref_out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, ref_out
+    ours = _model_tensors(run / "last.safetensors")
+    theirs = _model_tensors(tmp_path / "runs/reference/last.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(epochs))
+
+
+def test_a_chain_of_kills_resumes_to_bit_identical_weights(tmp_path, tiny_recipe):
+    _kill_chain(tmp_path, tiny_recipe, epochs=3, after=[1, 2], seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_long_chain_of_kills_resumes_to_bit_identical_weights(tmp_path, tiny_recipe, seed):
+    """Kills anywhere: before the first checkpoint (a plain restart), inside epochs, selections and saves."""
+    import random
+
+    after = sorted(random.Random(seed).choices(range(5), k=5))
+    _kill_chain(tmp_path, tiny_recipe, epochs=5, after=after, seed=seed)

@@ -120,9 +120,12 @@ def test_resume_drops_the_metrics_of_epochs_it_redoes(tmp_path):
 
 
 def test_report_json_is_written_last(tmp_path, monkeypatch):
+    from advtrain.io import files
+
     order = []
-    real = ckpt_io.write_atomically
-    monkeypatch.setattr(ckpt_io, "write_atomically", lambda path, write: (order.append(path.name), real(path, write)))
+    real = files.write_atomically
+    monkeypatch.setattr(files, "write_atomically",
+                        lambda path, write, **kw: (order.append(path.name), real(path, write, **kw)))
     RunFiles(tmp_path).write_report({"name": "x", "v": np.float32(0.5)}, "# x\n", b"\x89PNG")
     assert order == ["report.md", "curves.png", "report.json"]
     assert json.loads((tmp_path / "report.json").read_text()) == {"name": "x", "v": 0.5}
