@@ -23,7 +23,6 @@ from advtrain.attacks.budget import RESTARTS, STEPS
 from advtrain.attacks.eval_attack import EvalAttack
 from advtrain.attacks.presets import Ball, checkpoint_balls, resolve_eval_attack, resolve_eval_attacks
 from advtrain.config.load import recipe_from_yaml_text
-from advtrain.config.params_check import check_flag
 from advtrain.config.schema import EvalConfig
 from advtrain.errors import DataError, UserError
 from advtrain.eval.robust import EvalResult, Progress, evaluate
@@ -32,6 +31,7 @@ from advtrain.io.files import write_text
 from advtrain.io.outputs import claim_output_dir
 from advtrain.io.run_files import write_json
 from advtrain.params import FractionError, parse_number
+from advtrain.params.check import check_flag
 from advtrain.reports.evaluation import (
     MARKDOWN_FILE,
     PLOT_FILE,

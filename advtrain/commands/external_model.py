@@ -25,11 +25,11 @@ import torch
 import yaml
 from torch import nn
 
-from advtrain.config.params_check import check_params
 from advtrain.config.read import apply_overrides
 from advtrain.data import DATASETS, DataBundle
 from advtrain.errors import RecipeError, UserError
 from advtrain.params import param
+from advtrain.params.check import check_params
 
 CARD_SECTIONS = ("model", "threat", "data")
 NORMALISATION_WORDS = ("none", "dataset")

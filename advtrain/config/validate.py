@@ -14,13 +14,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from advtrain.config.params_check import check_params, unknown_key_problems
 from advtrain.config.read import resolve_interpolations
 from advtrain.config.recipe import Component, Recipe
 from advtrain.config.schema import COMPONENT_SECTIONS, FIXED_SECTIONS, RecipeTop, log_problems
 from advtrain.config.sections import SECTION_REGISTRIES
 from advtrain.errors import RecipeError, UserError
 from advtrain.objectives import ignored_attack_params
+from advtrain.params.check import check_params, unknown_key_problems
 
 TOP_KEYS = [f.name for f in dataclasses.fields(RecipeTop)]
 #: A message lists this many problems, then counts the rest.

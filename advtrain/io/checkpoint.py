@@ -34,11 +34,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from advtrain import __version__
+from advtrain.coreset import Coreset
 from advtrain.errors import CheckpointError
 from advtrain.io.checkpoint_meta import FORMAT_VERSION, check_metadata
 from advtrain.io.files import TMP_GLOB, TMP_SUFFIX, write_atomically  # noqa: F401 - the one atomic writer
 from advtrain.io.run_state import EpochProgress, RunState
-from advtrain.selection.coreset import Coreset
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "RunState", "TrainingState", "check_metadata", "load", "resume", "save",
            "write_atomically"]

@@ -3,7 +3,7 @@
 The keys :func:`advtrain.io.checkpoint.save` writes are the fields of :class:`CheckpointMeta`, with
 their types and ranges declared the way a component declares its recipe parameters
 (:func:`advtrain.params.param`), and :func:`check_metadata` runs the recipe validator over them
-(:func:`advtrain.config.params_check.check_params` in ``strict`` mode: JSON arrives typed, so
+(:func:`advtrain.params.check.check_params` in ``strict`` mode: JSON arrives typed, so
 nothing is coerced). Nested records (``extra.in_epoch``, ``optimizer``, ``rng``) are dataclasses
 too; what a field rule cannot say (the shape of an RNG state, optimizer settings that are numbers
 or flags) is each record's own ``problems()``, the hook recipe params use for the same purpose.
@@ -17,8 +17,8 @@ import dataclasses
 from dataclasses import MISSING, dataclass
 from typing import Any
 
-from advtrain.config.params_check import check_params
 from advtrain.params import param
+from advtrain.params.check import check_params
 
 FORMAT_VERSION = 1
 #: A model name as timm spells it (letters, digits, ``. _ -``): never a path.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from advtrain.selection.coreset import Coreset
+from advtrain.coreset import Coreset
 
 
 class Sums(Protocol):

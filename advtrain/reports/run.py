@@ -10,16 +10,32 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from advtrain import __version__
 from advtrain.config.recipe import Recipe
+from advtrain.eval.robust import EvalResult
 from advtrain.io.run_files import RunFiles
 from advtrain.io.run_records import MetricsLine, RunReport
 from advtrain.reports.evaluation import eval_record, percent
 
-if TYPE_CHECKING:
-    from advtrain.train.loop import RunResult
+
+@dataclass
+class RunResult:
+    """What a finished run reports back to the CLI."""
+
+    out_dir: Path
+    epochs_run: int
+    wall_seconds: float
+    final_val: dict[str, float]
+    test: EvalResult | None
+    best_metric: float | None
+    best_epoch: int | None
+    metrics: list[MetricsLine] = field(default_factory=list)
+    finished_before: bool = False  # --resume of a run that had already finished: nothing was redone
+    compile: dict[str, Any] | None = None  # train.compile: {setting, compiled, warmup_s, fallback}
 
 
 def loop_seconds(metrics: Sequence[dict[str, Any]]) -> tuple[float, float, float]:

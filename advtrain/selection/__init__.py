@@ -1,6 +1,6 @@
 """Adversarial coreset selection: features, solvers and the selector registry."""
 
-from advtrain.selection.coreset import Coreset, SelectionTiming
+from advtrain.coreset import Coreset, SelectionTiming
 from advtrain.selection.selectors import SELECTORS, class_budgets
 
 __all__ = ["SELECTORS", "Coreset", "SelectionTiming", "class_budgets"]

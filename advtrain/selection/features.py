@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.coreset import SelectionTiming
 from advtrain.runtime.device import autocast
 from advtrain.runtime.modes import eval_mode
-from advtrain.selection.coreset import SelectionTiming
 
 
 def _sync(device: torch.device) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from advtrain.coreset import Coreset, SelectionTiming
 from advtrain.runtime import distributed
 from advtrain.runtime.distributed import DistContext
 from advtrain.runtime.seeding import derive_seed, generator
-from advtrain.selection.coreset import Coreset, SelectionTiming
 from advtrain.selection.features import gradient_features
 from advtrain.selection.selectors import Selector
 

@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advtrain.coreset import Coreset
 from advtrain.errors import UserError
 from advtrain.params import param
 from advtrain.registry import Registry
-from advtrain.selection.coreset import Coreset
 from advtrain.selection.solvers import FactorTooLarge, batch_omp, facility_location, orthogonal_matching_pursuit
 
 SELECTORS = Registry("selector")

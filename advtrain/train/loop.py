@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from advtrain.io.run_records import MetricsLine
 from advtrain.io.run_state import RunState
 from advtrain.objectives import weighted_mean
 from advtrain.reports.loggers import Loggers
+from advtrain.reports.run import RunResult
 from advtrain.runtime import distributed
 from advtrain.runtime.device import (
     CUDA_OUT_OF_MEMORY,
@@ -58,22 +59,6 @@ from advtrain.ui.console import Reporter
 
 __all__ = ["RESUMABLE_KEYS", "RunResult", "Trainer", "TrainingInterrupted", "epoch_phase", "recipe_differences",
            "selection_due"]
-
-
-@dataclass
-class RunResult:
-    """What a finished run reports back to the CLI."""
-
-    out_dir: Path
-    epochs_run: int
-    wall_seconds: float
-    final_val: dict[str, float]
-    test: EvalResult | None
-    best_metric: float | None
-    best_epoch: int | None
-    metrics: list[MetricsLine] = field(default_factory=list)
-    finished_before: bool = False  # --resume of a run that had already finished: nothing was redone
-    compile: dict[str, Any] | None = None  # train.compile: {setting, compiled, warmup_s, fallback}
 
 
 def epoch_phase(schedule: Any, epoch: int, selects: bool) -> str:

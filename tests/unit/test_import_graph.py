@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "advtrain"
 #: Layer of each top-level unit of advtrain (a subpackage or a module); higher imports lower only.
 LAYERS = {
     "__init__": 0, "errors": 0,
-    "params": 1, "registry": 1,
+    "params": 1, "registry": 1, "coreset": 1,  # coreset: the record selectors return and checkpoints save
     "runtime": 2, "ui": 2,
     "attacks": 3, "data": 3, "models": 3, "optim": 3, "io": 3,
     "objectives": 4,

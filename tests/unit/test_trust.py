@@ -230,7 +230,7 @@ def test_overrides_are_one_line_and_within_the_limits(text, expected):
     ("~no_such_user_advtrain/x", "names no known home folder"),
 ])
 def test_path_values_must_name_a_path(value, expected):
-    from advtrain.config.params_check import path_problem
+    from advtrain.params.check import path_problem
 
     assert expected in path_problem(value)
 
@@ -275,7 +275,7 @@ def test_uint64_labels_do_not_wrap(tmp_path):
 @pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:15", "mps", "CPU", "meta", "xla", "cuda:x",
                                   "cuda:100", "cpu:0", "vulkan", "", "cuda:0; rm"])
 def test_device_flag_and_recipe_key_accept_the_same_names(name):
-    from advtrain.config.params_check import check_params
+    from advtrain.params.check import check_params
     from advtrain.runtime.device import device_name_problem
 
     problems: list[str] = []
@@ -284,9 +284,9 @@ def test_device_flag_and_recipe_key_accept_the_same_names(name):
 
 
 def test_flags_are_held_to_the_bounds_of_their_recipe_keys():
-    from advtrain.config.params_check import check_flag
     from advtrain.config.schema import EvalConfig
     from advtrain.errors import UserError
+    from advtrain.params.check import check_flag
 
     assert check_flag("--eps", 0.5, EvalConfig, "eps") == 0.5
     with pytest.raises(UserError, match=r"--eps: must be <= 1000, got 1e\+308"):
