@@ -210,7 +210,7 @@ class RunState:
         folder = runs / grid.name / spec.tag
         metrics = folder / "metrics.jsonl"
         epochs = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.is_file() else 0
-        done = frozenset(e.name for e in grid.evals if (folder / f"eval_{e.name}" / "report.json").is_file())
+        done = frozenset(e.name for e in grid.evals if (folder / "eval" / e.name / "report.json").is_file())
         walls_file = folder.parent / f"{spec.tag}.walls.json"
         walls = json.loads(walls_file.read_text()) if walls_file.is_file() else {"run": [], "eval": {}}
         return cls(folder, epochs, (folder / "report.json").is_file(), done, walls)
@@ -318,7 +318,7 @@ def evaluate(grid: Grid, spec: RunSpec, state: RunState, device: str, hard_stop:
     for ev in grid.evals:
         if ev.name in state.evals_done:
             continue
-        out = arg_path(state.folder / f"eval_{ev.name}")
+        out = arg_path(state.folder / "eval" / ev.name)
         state.walls["eval"][ev.name] = execute(ev.argv(checkpoint, out, device), log, hard_stop)
         state.save_walls(spec)
 
@@ -382,7 +382,7 @@ def build_record(grid: Grid, spec: RunSpec, state: RunState, device: str, comman
     stages: dict[str, Any] = {}
     eval_seconds: dict[str, float] = {}
     for ev in grid.evals:
-        rep = json.loads((state.folder / f"eval_{ev.name}" / "report.json").read_text())
+        rep = json.loads((state.folder / "eval" / ev.name / "report.json").read_text())
         n = int(rep["n_examples"])
         for row in rep["attacks"]:
             accuracy[row["name"]] = float(row["robust_acc"])
@@ -391,7 +391,7 @@ def build_record(grid: Grid, spec: RunSpec, state: RunState, device: str, comman
             eval_seconds[row["name"]] = float(row["seconds"])
             if row.get("stage_acc"):
                 stages[row["name"]] = row["stage_acc"]
-        if "clean" not in ev.attacks and "clean" not in accuracy:
+        if "clean" not in accuracy:  # clean accuracy is its own field of every report, not an attack row
             accuracy["clean"], n_examples["clean"] = float(rep["clean_acc"]), n
     schedule = resolved_schedule(state.folder / "recipe.yaml")
     return {

@@ -238,7 +238,7 @@ def test_campaign_pipeline_through_the_real_cli(tmp_path, capsys):
     text = files[0].read_text()
     assert not MACHINE_PATH.search(text) and str(tmp_path) not in text, MACHINE_PATH.search(text)
     rec = json.loads(text)
-    report = json.loads((runs / "pipe" / "gradmatch_0.5_seed0" / "eval_pgd" / "report.json").read_text())
+    report = json.loads((runs / "pipe" / "gradmatch_0.5_seed0" / "eval" / "pgd" / "report.json").read_text())
     assert rec["accuracy"] == {"clean": report["clean_acc"], "pgd2": report["robust_acc"]["pgd2"]}
     assert rec["n_examples"] == {"clean": 16, "pgd2": 16}
     assert rec["robust_bits"]["pgd2"]["bits"] == report["attacks"][1]["robust_bits"]
