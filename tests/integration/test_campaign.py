@@ -241,7 +241,7 @@ def test_campaign_pipeline_through_the_real_cli(tmp_path, capsys):
     report = json.loads((runs / "pipe" / "gradmatch_0.5_seed0" / "eval" / "pgd" / "report.json").read_text())
     assert rec["accuracy"] == {"clean": report["clean_acc"], "pgd2": report["robust_acc"]["pgd2"]}
     assert rec["n_examples"] == {"clean": 16, "pgd2": 16}
-    assert rec["robust_bits"]["pgd2"]["bits"] == report["attacks"][1]["robust_bits"]
+    assert rec["robust_bits"]["pgd2"]["bits"] == report["attacks"][0]["robust_bits"]  # clean is not an attack row
     assert [e["epoch"] for e in rec["epochs"]] == [0, 1, 2] and [e["phase"] for e in rec["epochs"]] == \
         ["full", "coreset", "coreset"]
     assert rec["timing"]["run_attempts"] == 1 and rec["timing"]["run_wall_s"] > 0
