@@ -120,3 +120,14 @@ def test_per_class_selector_is_the_same_with_the_batched_greedy(granularity):
     assert out[0].indices.tolist() == out[1].indices.tolist()
     assert torch.allclose(out[0].weights, out[1].weights, rtol=1e-6, atol=0)
     assert float(out[1].weights.sum()) == pytest.approx(71, rel=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batched_greedy_equals_the_host_loop():
+    gen = torch.Generator().manual_seed(8)
+    xs = [torch.randn(n, 10, generator=gen, dtype=torch.float64) for n in (300, 257)]
+    got = facility_location_groups([x.cuda() for x in xs], [150, 40])
+    for (idx, w), x, k in zip(got, xs, (150, 40), strict=True):
+        assert idx.is_cuda
+        _assert_same((idx.cpu(), w.cpu()), _host(x, k))
