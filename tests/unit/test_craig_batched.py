@@ -7,8 +7,7 @@ import torch
 
 from advtrain.selection import SELECTORS
 from advtrain.selection.selectors import CraigParams
-from advtrain.selection.solvers import facility_location, facility_location_groups
-from advtrain.selection.solvers import craig_batched
+from advtrain.selection.solvers import craig_batched, facility_location, facility_location_groups
 
 
 def _host(x, k, m=None, **kw):

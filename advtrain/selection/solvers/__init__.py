@@ -13,4 +13,6 @@ from advtrain.selection.solvers.craig_batched import facility_location_groups
 from advtrain.selection.solvers.omp_batch import batch_omp
 from advtrain.selection.solvers.omp_exact import orthogonal_matching_pursuit
 
-__all__ = ["FactorTooLarge", "batch_omp", "facility_location", "facility_location_groups", "orthogonal_matching_pursuit"]
+__all__ = [
+    "FactorTooLarge", "batch_omp", "facility_location", "facility_location_groups", "orthogonal_matching_pursuit",
+]
