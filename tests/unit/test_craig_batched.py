@@ -7,7 +7,7 @@ import torch
 
 from advtrain.selection import SELECTORS
 from advtrain.selection.selectors import CraigParams
-from advtrain.selection.solvers import craig_batched, facility_location, facility_location_groups
+from advtrain.selection.solvers import craig, craig_batched, facility_location, facility_location_groups
 
 
 def _host(x, k, m=None, **kw):
@@ -94,7 +94,7 @@ def test_no_host_sync_per_pick(monkeypatch):
     # One host read per block of iterations (a block as long as the picks still owed) and one for the
     # largest distance at the start: far fewer than one per pick.
     x = torch.randn(200, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    dist, mult = craig_batched._prepare(x, None, 4096, 25_000_000, True)
+    dist, mult = craig._prepare(x, None, 4096, 25_000_000, True)
     reads = []
     for name in ("tolist", "item", "__int__", "__float__", "__bool__", "__index__"):
         method = getattr(torch.Tensor, name)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from advtrain.selection.gram import LastLayerFactors, last_layer_factors
+from advtrain.selection.solvers.craig_batched import batched_lazy_greedy
 
 
 def _sq_norms(x: Tensor) -> Tensor:
@@ -149,13 +150,49 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
     if stochastic_eps is not None:
         selected = _stochastic_greedy(dist, budget, mult, stochastic_eps, generator)
     elif device_greedy if device_greedy is not None else device.type == "cuda":
-        from advtrain.selection.solvers.craig_batched import batched_lazy_greedy
-
         selected = batched_lazy_greedy([dist], [budget], [mult])[0]
     else:
         selected = _lazy_greedy(dist, budget, mult, lazy_batch)
     idx = torch.tensor(selected, dtype=torch.long, device=device)
     return idx, _nearest_counts(dist, idx, mult).to(features.dtype)
+
+
+def facility_location_groups(features: list[Tensor], budgets: list[int], *,
+                             sample_weights: list[Tensor | None] | None = None, chunk_size: int = 4096,
+                             max_dense_elems: int = 25_000_000, max_stack_elems: int = 250_000_000,
+                             refresh: int = 128, structure: bool = True) -> list[tuple[Tensor, Tensor]]:
+    """:func:`facility_location` (lazy greedy) of several problems at once.
+
+    The problems (e.g. the classes of a per-class selection) advance together through
+    :func:`~advtrain.selection.solvers.craig_batched.batched_lazy_greedy`, so a GPU runs one batched
+    step for all of them instead of one round trip per pick and problem. Each result is what
+    ``facility_location`` returns for that problem alone: the same picks and weights (up to float
+    round-off on exact ties). Problems go together while G·n_max² stays within ``max_stack_elems`` (the stacked distance matrices: 1 GB
+    of float32 by default, 10 classes of 5,000), so memory is bounded whatever the class count.
+    """
+    weights = sample_weights or [None] * len(features)
+    out: list[tuple[Tensor, Tensor] | None] = [None] * len(features)
+    todo = []
+    for g, (x, k, m) in enumerate(zip(features, budgets, weights, strict=True)):
+        if 0 < k < len(x):
+            todo.append(g)
+        else:  # nothing to choose: all rows, or none
+            out[g] = facility_location(x, k, sample_weight=m)
+    runs: list[list[int]] = []
+    for g in todo:
+        if runs and (len(runs[-1]) + 1) * max(len(features[h]) for h in [*runs[-1], g]) ** 2 <= max_stack_elems:
+            runs[-1].append(g)
+        else:
+            runs.append([g])
+    for run in runs:
+        prepared = [_prepare(features[g], weights[g], chunk_size, max_dense_elems, structure) for g in run]
+        dists = [d for d, _ in prepared]
+        mults = [m for _, m in prepared]
+        picks = batched_lazy_greedy(dists, [budgets[g] for g in run], mults, refresh=refresh)
+        for g, d, m, p in zip(run, dists, mults, picks, strict=True):
+            idx = torch.tensor(p, dtype=torch.long, device=features[g].device)
+            out[g] = idx, _nearest_counts(d, idx, m).to(features[g].dtype)
+    return out  # type: ignore[return-value]
 
 
 def _prepare(features: Tensor, sample_weight: Tensor | None, chunk_size: int, max_dense_elems: int,

@@ -22,10 +22,13 @@ Padded candidates have a bound of −∞ and padded rows a multiplicity of 0: th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from advtrain.selection.solvers.craig import _Distances, _nearest_counts, _prepare, facility_location
+if TYPE_CHECKING:
+    from advtrain.selection.solvers.craig import _Distances
 
 
 def _stacked_dense(dists: list[_Distances], n: int) -> Tensor | None:
@@ -111,41 +114,3 @@ def batched_lazy_greedy(dists: list[_Distances], budgets: list[int], mults: list
             picks[g] += [j for j in col if j >= 0]
         owed = max(k - len(p) for k, p in zip(budgets, picks, strict=True))
     return picks
-
-
-def facility_location_groups(features: list[Tensor], budgets: list[int], *,
-                             sample_weights: list[Tensor | None] | None = None, chunk_size: int = 4096,
-                             max_dense_elems: int = 25_000_000, max_stack_elems: int = 250_000_000,
-                             refresh: int = 128, structure: bool = True) -> list[tuple[Tensor, Tensor]]:
-    """:func:`~advtrain.selection.solvers.craig.facility_location` (lazy greedy) of several problems at once.
-
-    The problems (e.g. the classes of a per-class selection) advance together through
-    :func:`batched_lazy_greedy`, so a GPU runs one batched step for all of them instead of one
-    round trip per pick and problem. Each result is what ``facility_location`` returns for that
-    problem alone: the same picks and weights (up to float round-off on exact ties). Problems go
-    together while G·n_max² stays within ``max_stack_elems`` (the stacked distance matrices: 1 GB
-    of float32 by default, 10 classes of 5,000), so memory is bounded whatever the class count.
-    """
-    weights = sample_weights or [None] * len(features)
-    out: list[tuple[Tensor, Tensor] | None] = [None] * len(features)
-    todo = []
-    for g, (x, k, m) in enumerate(zip(features, budgets, weights, strict=True)):
-        if 0 < k < len(x):
-            todo.append(g)
-        else:  # nothing to choose: all rows, or none
-            out[g] = facility_location(x, k, sample_weight=m)
-    runs: list[list[int]] = []
-    for g in todo:
-        if runs and (len(runs[-1]) + 1) * max(len(features[h]) for h in [*runs[-1], g]) ** 2 <= max_stack_elems:
-            runs[-1].append(g)
-        else:
-            runs.append([g])
-    for run in runs:
-        prepared = [_prepare(features[g], weights[g], chunk_size, max_dense_elems, structure) for g in run]
-        dists = [d for d, _ in prepared]
-        mults = [m for _, m in prepared]
-        picks = batched_lazy_greedy(dists, [budgets[g] for g in run], mults, refresh=refresh)
-        for g, d, m, p in zip(run, dists, mults, picks, strict=True):
-            idx = torch.tensor(p, dtype=torch.long, device=features[g].device)
-            out[g] = idx, _nearest_counts(d, idx, m).to(features[g].dtype)
-    return out  # type: ignore[return-value]
