@@ -164,11 +164,12 @@ def facility_location_groups(features: list[Tensor], budgets: list[int], *,
     """:func:`facility_location` (lazy greedy) of several problems at once.
 
     The problems (e.g. the classes of a per-class selection) advance together through
-    :func:`~advtrain.selection.solvers.craig_batched.batched_lazy_greedy`, so a GPU runs one batched
-    step for all of them instead of one round trip per pick and problem. Each result is what
-    ``facility_location`` returns for that problem alone: the same picks and weights (up to float
-    round-off on exact ties). Problems go together while G·n_max² stays within ``max_stack_elems`` (the stacked distance matrices: 1 GB
-    of float32 by default, 10 classes of 5,000), so memory is bounded whatever the class count.
+    :func:`~advtrain.selection.solvers.craig_batched.batched_lazy_greedy`, so a GPU runs one
+    batched step for all of them instead of one round trip per pick and problem. Each result is
+    what ``facility_location`` returns for that problem alone: the same picks and weights (up to
+    float round-off on exact ties). Problems go together while G·n_max² stays within
+    ``max_stack_elems`` (the stacked distance matrices: 1 GB of float32 by default, 10 classes of
+    5,000), so memory is bounded whatever the class count.
     """
     weights = sample_weights or [None] * len(features)
     out: list[tuple[Tensor, Tensor] | None] = [None] * len(features)
