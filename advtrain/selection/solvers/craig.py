@@ -129,7 +129,7 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
         device_greedy: The lazy greedy without a host sync per pick
             (:mod:`advtrain.selection.solvers.craig_batched`): the same sequence, for accelerators,
             where a sync per pick makes the loop host-bound. ``None``: on for CUDA tensors only (on two
-            CPU cores the per-pick loop is faster: 11 s against 39 s for 10 classes of 5,000,
+            CPU cores the per-pick loop is faster: 11 s against 45 s for 10 classes of 5,000,
             bench/results/solvers_cpu.md).
 
     Returns:
