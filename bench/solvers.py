@@ -9,6 +9,8 @@
                                             # add rows to the committed table (class-clustered
                                             # features: advtrain/selection/synthetic.py)
     python bench/solvers.py --scale --append --n 10000 --hidden 128 --only ...   # smaller rows
+    python bench/solvers.py --craig --n 10000          # CRAIG per class, host loop vs batched greedy
+    python bench/solvers.py --craig --device cuda      # the same at 50,000 × 10 on the GPU (issue 22)
 
 The ``--scale`` cells run each in a fresh process so the peak resident memory (``ru_maxrss``,
 the 1 GiB feature matrix included) belongs to that cell alone; matching error is
@@ -48,6 +50,65 @@ CELLS = [  # (N, D, granularity, per_class, needs --big)
     (50_000, 10, "sample", True, False),
     (50_000, 5_130, "sample", True, True),
 ]
+
+
+def craig_greedy_rows(n: int, dims: list[int], device: str, repeats: int) -> list[dict]:
+    """CRAIG per class (10 balanced classes, budget 50%, sample level) through the selector, with the
+    per-pick host loop and with the batched sync-free greedy; both must give the same coreset."""
+    rows = []
+    for d in dims:
+        gen = torch.Generator().manual_seed(0)
+        feats = torch.randn(n, d, generator=gen).to(device)
+        labels = torch.arange(n) % 10
+        params = CraigParams(fraction=0.5, granularity="sample", per_class=True)
+        picks = {}
+        for greedy in ("host", "batched"):
+            times = []
+            for _ in range(repeats):
+                sel = SELECTORS.get("craig").build(params)
+                sel.device_greedy = greedy == "batched"
+                start = time.perf_counter()
+                picks[greedy] = sel(feats, labels, generator=torch.Generator().manual_seed(0), batch_size=128)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            rows.append({"n": n, "d": d, "greedy": greedy, "seconds": statistics.median(times),
+                         "load_before": [round(v, 2) for v in os.getloadavg()]})
+            print(rows[-1], flush=True)
+        same = torch.equal(picks["host"].indices, picks["batched"].indices)
+        for r in rows[-2:]:
+            r["same_coreset"] = same
+    return rows
+
+
+def _craig_section(runs: list[dict]) -> list[str]:
+    lines = ["## CRAIG per class: per-pick host loop vs batched greedy", "",
+             "10 balanced classes, budget 50% (k = n/20 per class), sample level, through the selector. "
+             "`host`: the lazy greedy reading its argmax on the host at every pick; `batched`: all classes "
+             "advance together with no host sync per pick (`advtrain/selection/solvers/craig_batched.py`), "
+             "default on CUDA. Same coreset = identical indices from both. Load = `os.getloadavg()` before.", ""]
+    for run_ in runs:
+        lines += [f"Command: `{run_['command']}`", "", f"Machine: {run_['machine']}", "",
+                  "| N | D | greedy | seconds | same coreset | load before |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['n']} | {r['d']} | {r['greedy']} | {r['seconds']:.2f} | {r['same_coreset']} | "
+                  f"{r['load_before']} |" for r in run_["rows"]]
+        lines.append("")
+    return lines
+
+
+def _solvers_report(record: dict) -> str:
+    lines = ["# Coreset solver time (budget 50%)", ""]
+    if record.get("rows"):
+        lines += [f"Command: `{record['command']}`", "", f"Machine: {record['machine']}", "",
+                  "Batch-wise uses mini-batches of 128 (N/128 candidates). Per class: 10 balanced classes.", "",
+                  "| solver | N | D | granularity | per class | seconds |", "|---|---|---|---|---|---|"]
+        for r in record["rows"]:
+            value = f"{r['seconds']:.2f}" if r["seconds"] is not None else r["note"]
+            lines.append(f"| {r['solver']} | {r['n']} | {r['d']} | {r['granularity']} | {r['per_class']} | {value} |")
+        lines.append("")
+    if record.get("craig_greedy"):
+        lines += _craig_section(record["craig_greedy"])
+    return "\n".join(lines)
 
 
 def run(name: str, n: int, d: int, granularity: str, per_class: bool, device: str, repeats: int) -> float:
@@ -246,6 +307,10 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512, help="with --scale: embedding width H (D = 10(H + 1))")
     parser.add_argument("--append", action="store_true", help="with --scale: keep the committed runs, add this one")
     parser.add_argument("--title", default="", help="with --scale: heading of this run in the table")
+    parser.add_argument("--craig", action="store_true",
+                        help="CRAIG per class, host loop vs batched greedy, at --n samples (default 50,000) and "
+                             "--dims; adds a run to solvers_<device>, keeping the earlier rows")
+    parser.add_argument("--dims", default="10", help="with --craig: comma-separated feature dimensions")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -265,6 +330,17 @@ def main() -> None:
         runs.append({"title": args.title, "machine": machine(), "command": command_line(), "rows": rows})
         write_result("solvers_scale_cpu", {"runs": runs}, scale_report(runs))
         return
+    result = f"solvers_{args.device.split(':')[0]}"
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{result}.json")
+    record: dict = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+    if args.craig:
+        rows = craig_greedy_rows(args.n, [int(d) for d in args.dims.split(",")], args.device, args.repeats)
+        record.setdefault("craig_greedy", []).append({"machine": machine(), "command": command_line(), "rows": rows})
+        write_result(result, record, _solvers_report(record))
+        return
     rows = []
     for n, d, granularity, per_class, big in CELLS:
         for name in ("craig", "gradmatch"):
@@ -276,14 +352,8 @@ def main() -> None:
                 cell["seconds"] = run(name, n, d, granularity, per_class, args.device, args.repeats)
             rows.append(cell)
             print(cell, flush=True)
-    lines = ["# Coreset solver time (budget 50%)", "", f"Command: `{command_line()}`", "", f"Machine: {machine()}", "",
-             "Batch-wise uses mini-batches of 128 (N/128 candidates). Per class: 10 balanced classes.", "",
-             "| solver | N | D | granularity | per class | seconds |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        value = f"{r['seconds']:.2f}" if r["seconds"] is not None else r["note"]
-        lines.append(f"| {r['solver']} | {r['n']} | {r['d']} | {r['granularity']} | {r['per_class']} | {value} |")
-    write_result(f"solvers_{args.device.split(':')[0]}", {"machine": machine(), "command": command_line(),
-                                                          "rows": rows}, "\n".join(lines) + "\n")
+    record.update({"machine": machine(), "command": command_line(), "rows": rows})
+    write_result(result, record, _solvers_report(record))
 
 
 if __name__ == "__main__":

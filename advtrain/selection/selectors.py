@@ -46,7 +46,13 @@ from advtrain.coreset import Coreset
 from advtrain.errors import UserError
 from advtrain.params import param
 from advtrain.registry import Registry
-from advtrain.selection.solvers import FactorTooLarge, batch_omp, facility_location, orthogonal_matching_pursuit
+from advtrain.selection.solvers import (
+    FactorTooLarge,
+    batch_omp,
+    facility_location,
+    facility_location_groups,
+    orthogonal_matching_pursuit,
+)
 
 SELECTORS = Registry("selector")
 
@@ -221,8 +227,15 @@ def _select_group(rows: Tensor, features: Tensor, budget: int, solver: Solver, g
 
 
 def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: Tensor, *,
-                generator: torch.Generator, batch_size: int) -> Coreset:
-    """Run ``solver`` over the groups and granularity the params ask for."""
+                generator: torch.Generator, batch_size: int,
+                solve_groups: Callable[[list[Tensor], list[int]], list[tuple[Tensor, Tensor]]] | None = None
+                ) -> Coreset:
+    """Run ``solver`` over the groups and granularity the params ask for.
+
+    ``solve_groups`` (features of each group, picks of each) solves all groups in one call at sample
+    granularity instead of ``solver`` one group at a time; sample candidates draw nothing from the
+    generator, so the result is the same.
+    """
     labels = labels.cpu()
     n = len(labels)
     if len(features) != n:
@@ -236,6 +249,11 @@ def select_with(solver: Solver, params: RandomParams, features: Tensor, labels: 
     else:
         groups, budgets = [torch.arange(n)], [budget]
     whole = not params.per_class
+    if solve_groups is not None and params.granularity == "sample":
+        live = [(rows, min(k, len(rows))) for rows, k in zip(groups, budgets, strict=True) if k > 0 and len(rows)]
+        solved = iter(solve_groups([features if whole else features[r.to(features.device)] for r, _ in live],
+                                   [k for _, k in live]))
+        solver = lambda c, k, gen: next(solved)  # noqa: E731 (_select_group calls it on the live groups, in order)
     parts = [_select_group(rows, features, k, solver, params.granularity, candidate_batch, whole, generator)
              for rows, k in zip(groups, budgets, strict=True)]
     indices = torch.cat([p[0] for p in parts])
@@ -312,12 +330,26 @@ class RandomSelector(SolverSelector):
 class CraigSelector(SolverSelector):
     """Adversarial CRAIG: facility location on last-layer gradient features."""
 
+    #: Per-class lazy greedy of all classes at once without a host sync per pick
+    #: (:mod:`advtrain.selection.solvers.craig_batched`, the same picks); None: on for CUDA features.
+    device_greedy: bool | None = None
+
+    def __call__(self, features: Tensor, labels: Tensor, *, generator: torch.Generator,
+                 batch_size: int) -> Coreset:
+        batched = self.device_greedy if self.device_greedy is not None else features.is_cuda
+        together = batched and self.params.greedy == "lazy"
+        return select_with(self.solve, self.params, features, labels, generator=generator, batch_size=batch_size,
+                           solve_groups=self._solve_groups if together else None)
+
+    def _solve_groups(self, feats: list[Tensor], ks: list[int]) -> list[tuple[Tensor, Tensor]]:
+        return facility_location_groups(feats, ks, chunk_size=self.params.chunk_size)
+
     def solve(self, c: Candidates, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         # Batches count by their size, so a pick's weight is the number of samples it represents.
         mult = c.sizes if c.batch_size > 1 else None
         eps = self.params.epsilon if self.params.greedy == "stochastic" else None
         return facility_location(c.features, k, chunk_size=self.params.chunk_size, sample_weight=mult,
-                                 stochastic_eps=eps, generator=gen)
+                                 stochastic_eps=eps, generator=gen, device_greedy=self.device_greedy)
 
 
 @SELECTORS.register("gradmatch", GradMatchParams)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from advtrain.selection.gram import LastLayerFactors, last_layer_factors
+from advtrain.selection.solvers.craig_batched import batched_lazy_greedy
 
 
 def _sq_norms(x: Tensor) -> Tensor:
@@ -96,7 +97,8 @@ def _gains(cur: Tensor, cols: Tensor, mult: Tensor | None) -> Tensor:
 def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
                       max_dense_elems: int = 25_000_000, lazy_batch: int = 8,
                       sample_weight: Tensor | None = None, stochastic_eps: float | None = None,
-                      generator: torch.Generator | None = None, structure: bool = True) -> tuple[Tensor, Tensor]:
+                      generator: torch.Generator | None = None, structure: bool = True,
+                      device_greedy: bool | None = None) -> tuple[Tensor, Tensor]:
     """CRAIG: lazy-greedy (or stochastic-greedy) facility location on −squared distances.
 
     Maximises F(S) = Σ_i m_i·max_{j∈S} (C − d_ij) with d_ij = ‖g_i − g_j‖² and C the largest
@@ -124,6 +126,11 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
         generator: Randomness of the stochastic greedy.
         structure: Use the rank-one factors of last-layer gradient features when every row has
             that form (:func:`advtrain.selection.gram.last_layer_factors`); off: dense products.
+        device_greedy: The lazy greedy without a host sync per pick
+            (:mod:`advtrain.selection.solvers.craig_batched`): the same sequence, for accelerators,
+            where a sync per pick makes the loop host-bound. ``None``: on for CUDA tensors only (on two
+            CPU cores the per-pick loop is faster: 11 s against 45 s for 10 classes of 5,000,
+            bench/results/solvers_cpu.md).
 
     Returns:
         ``(indices, weights)``: selected rows in greedy order and, for each, the total multiplicity
@@ -139,24 +146,71 @@ def facility_location(features: Tensor, budget: int, *, chunk_size: int = 4096,
         return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)
     if stochastic_eps is not None and not 0 < stochastic_eps < 1:
         raise ValueError(f"stochastic_eps must be in (0, 1), got {stochastic_eps}")
+    dist, mult = _prepare(features, sample_weight, chunk_size, max_dense_elems, structure)
+    if stochastic_eps is not None:
+        selected = _stochastic_greedy(dist, budget, mult, stochastic_eps, generator)
+    elif device_greedy if device_greedy is not None else device.type == "cuda":
+        selected = batched_lazy_greedy([dist], [budget], [mult])[0]
+    else:
+        selected = _lazy_greedy(dist, budget, mult, lazy_batch)
+    idx = torch.tensor(selected, dtype=torch.long, device=device)
+    return idx, _nearest_counts(dist, idx, mult).to(features.dtype)
+
+
+def facility_location_groups(features: list[Tensor], budgets: list[int], *,
+                             sample_weights: list[Tensor | None] | None = None, chunk_size: int = 4096,
+                             max_dense_elems: int = 25_000_000, max_stack_elems: int = 250_000_000,
+                             refresh: int = 128, structure: bool = True) -> list[tuple[Tensor, Tensor]]:
+    """:func:`facility_location` (lazy greedy) of several problems at once.
+
+    The problems (e.g. the classes of a per-class selection) advance together through
+    :func:`~advtrain.selection.solvers.craig_batched.batched_lazy_greedy`, so a GPU runs one
+    batched step for all of them instead of one round trip per pick and problem. Each result is
+    what ``facility_location`` returns for that problem alone: the same picks and weights (up to
+    float round-off on exact ties). Problems go together while G·n_max² stays within
+    ``max_stack_elems`` (the stacked distance matrices: 1 GB of float32 by default, 10 classes of
+    5,000), so memory is bounded whatever the class count.
+    """
+    weights = sample_weights or [None] * len(features)
+    out: list[tuple[Tensor, Tensor] | None] = [None] * len(features)
+    todo = []
+    for g, (x, k, m) in enumerate(zip(features, budgets, weights, strict=True)):
+        if 0 < k < len(x):
+            todo.append(g)
+        else:  # nothing to choose: all rows, or none
+            out[g] = facility_location(x, k, sample_weight=m)
+    runs: list[list[int]] = []
+    for g in todo:
+        if runs and (len(runs[-1]) + 1) * max(len(features[h]) for h in [*runs[-1], g]) ** 2 <= max_stack_elems:
+            runs[-1].append(g)
+        else:
+            runs.append([g])
+    for run in runs:
+        prepared = [_prepare(features[g], weights[g], chunk_size, max_dense_elems, structure) for g in run]
+        dists = [d for d, _ in prepared]
+        mults = [m for _, m in prepared]
+        picks = batched_lazy_greedy(dists, [budgets[g] for g in run], mults, refresh=refresh)
+        for g, d, m, p in zip(run, dists, mults, picks, strict=True):
+            idx = torch.tensor(p, dtype=torch.long, device=features[g].device)
+            out[g] = idx, _nearest_counts(d, idx, m).to(features[g].dtype)
+    return out  # type: ignore[return-value]
+
+
+def _prepare(features: Tensor, sample_weight: Tensor | None, chunk_size: int, max_dense_elems: int,
+             structure: bool) -> tuple[_Distances, Tensor | None]:
+    """The distances of one problem and its multiplicities in the working dtype (checked)."""
+    n, device = len(features), features.device
     work = _work_dtype(features)
     mult = None if sample_weight is None else sample_weight.to(device=device, dtype=work)
     if mult is not None and (mult.shape != (n,) or bool((mult < 0).any())):
         raise ValueError(f"sample_weight must be {n} non-negative multiplicities, got shape {tuple(mult.shape)}")
     factors = last_layer_factors(features) if structure else None
     if factors is not None:
-        dist = _Distances(None, chunk_size, max_dense_elems, factors.to(work))
-    else:
-        x = features.to(work)
-        # Distances do not change under translation; centring shrinks the norms in ‖a‖²+‖b‖²−2ab and so
-        # the cancellation error of near-duplicates (it matters in float32).
-        dist = _Distances(x - x.mean(dim=0), chunk_size, max_dense_elems)
-    if stochastic_eps is not None:
-        selected = _stochastic_greedy(dist, budget, mult, stochastic_eps, generator)
-    else:
-        selected = _lazy_greedy(dist, budget, mult, lazy_batch)
-    idx = torch.tensor(selected, dtype=torch.long, device=device)
-    return idx, _nearest_counts(dist, idx, mult).to(features.dtype)
+        return _Distances(None, chunk_size, max_dense_elems, factors.to(work)), mult
+    x = features.to(work)
+    # Distances do not change under translation; centring shrinks the norms in ‖a‖²+‖b‖²−2ab and so
+    # the cancellation error of near-duplicates (it matters in float32).
+    return _Distances(x - x.mean(dim=0), chunk_size, max_dense_elems), mult
 
 
 def _lazy_greedy(dist: _Distances, budget: int, mult: Tensor | None, lazy_batch: int) -> list[int]:
