@@ -67,6 +67,9 @@ BENCHES = [
           PIPELINE, full=(("--grid", "digits", "--jobs", "2"),)),
     # About 8 minutes: a short default run alone and beside busy loops, before/after the thread policy.
     Bench("threads.py", ("threads_*",), PIPELINE),
+    # About 10 minutes: two GradMatch runs, one beside busy loops; compare's within-run speed-up.
+    Bench("compare_load.py", ("compare_load",), (*PIPELINE, "advtrain/reports/compare.py",
+                                                 "advtrain/reports/run_records.py")),
     # Reads a tradeoff grid's finished runs (local/tradeoff/...): run it by hand after tradeoff.py.
     Bench("tradeoff_project.py", ("tradeoff_*_projection",), ("bench/tradeoff.py",)),
     # The GPU check (bench/gpu_check.sh, one H100/H200): its summary and logs.

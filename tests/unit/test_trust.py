@@ -149,7 +149,7 @@ def test_safe_text_escapes_every_terminal_control(raw, shown):
     assert safe_text(raw) == shown
 
 
-def test_every_console_entry_point_escapes(monkeypatch):
+def test_every_console_entry_point_escapes(monkeypatch, capsys):
     import io
 
     from rich.console import Console
@@ -157,19 +157,22 @@ def test_every_console_entry_point_escapes(monkeypatch):
     from advtrain.ui import console
 
     buffer = io.StringIO()
-    monkeypatch.setattr(console, "_console", Console(file=buffer, force_terminal=False, width=200))
+    terminal = Console(file=buffer, force_terminal=False, width=200)
+    monkeypatch.setattr(console, "_console", terminal)
+    monkeypatch.setattr(console, "_err_console", terminal)  # errors, warnings and status lines: stderr
     evil = "x\x1b]0;pwn\x07\x1b[2J"
     console.print_error(evil, evil)
     console.info(evil)
     console.warn(evil)
     console.print_table(evil, [evil], [(evil,)])
-    console.print_text(evil)
+    console.print_text(evil)  # straight to stdout (output others parse)
+    console.status(evil)
     reporter = console.ProgressReporter()
     reporter.message(evil)
     reporter.stop()
-    text = buffer.getvalue()
+    text = buffer.getvalue() + capsys.readouterr().out
     assert "\x1b" not in text and "\x07" not in text
-    assert text.count("x\\x1b]0;pwn\\x07\\x1b[2J") >= 8
+    assert text.count("x\\x1b]0;pwn\\x07\\x1b[2J") >= 9
 
 
 # -------------------------------------------------------------------------------- YAML limits
