@@ -260,14 +260,16 @@ def _read(path: Path) -> str:
 
 
 def _advtrain_entries(path: Path) -> list[Path]:
-    """Every entry of a run folder that advtrain writes, reads or deletes (its own names, coreset/, eval/)."""
-    patterns = (LOCK_FILE, *RUN_FILES, names.CORESET_DIR, EVAL_DIR, "epoch_*.safetensors", TMP_GLOB, ".write-test")
+    """Every entry of a run folder that advtrain writes, reads or deletes (its own names, coreset/, eval/,
+    tensorboard/)."""
+    patterns = (LOCK_FILE, *RUN_FILES, names.CORESET_DIR, EVAL_DIR, names.TENSORBOARD_DIR, "epoch_*.safetensors",
+                TMP_GLOB, ".write-test")
     try:
         top = [p for p in path.iterdir() if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
     except OSError:
         return []
     inner = []
-    for sub in (path / names.CORESET_DIR, path / EVAL_DIR):
+    for sub in (path / names.CORESET_DIR, path / EVAL_DIR, path / names.TENSORBOARD_DIR):
         if sub.is_dir() and not sub.is_symlink():
             inner += list(sub.rglob("*"))
     return top + inner

@@ -85,10 +85,10 @@ class CsvLogger:
         self.path = Path(folder) / CSV_FILE
 
     def log_epoch(self, record: dict[str, Any], records: list[dict[str, Any]]) -> None:
-        from advtrain.io.checkpoint import write_atomically
+        from advtrain.io.files import write_atomically
 
         text = csv_text(records)
-        write_atomically(self.path, lambda tmp: tmp.write_text(text))
+        write_atomically(self.path, lambda tmp: tmp.write_text(text), inside=self.path.parent)
 
     def close(self) -> None:
         pass

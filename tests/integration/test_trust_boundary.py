@@ -140,7 +140,7 @@ def test_sigterm_during_the_final_test_evaluation_then_resume_finishes(tmp_path,
 #: Every name advtrain writes (or deletes) in a run folder, planted as a link to a file outside it.
 PLANTED = [".advtrain.lock", "metrics.jsonl", "recipe.yaml", ".advtrain-run", "last.safetensors", "best.safetensors",
            "report.json", "report.md", "curves.png", "epoch_001.safetensors", "coreset", "coreset/epoch_000.npz",
-           "eval", ".last.safetensors.abc.tmp"]
+           "eval", ".last.safetensors.abc.tmp", "metrics.csv", "tensorboard", "tensorboard/events.out.tfevents.1"]
 
 
 @pytest.mark.parametrize("name", PLANTED)
@@ -150,8 +150,11 @@ def test_a_link_planted_in_a_run_folder_is_refused_and_nothing_outside_changes(c
     (outside / "dir").mkdir(parents=True)
     (outside / "file").write_text("precious\n")
     (outside / "dir/.x.tmp").write_text("precious\n")
-    (run / "coreset").mkdir(parents=True, exist_ok=True) if name.startswith("coreset/") else run.mkdir(parents=True)
-    target = outside / ("dir" if name in ("coreset", "eval") else "file")
+    if "/" in name:
+        (run / name).parent.mkdir(parents=True)
+    else:
+        run.mkdir(parents=True)
+    target = outside / ("dir" if name in ("coreset", "eval", "tensorboard") else "file")
     (run / name).symlink_to(target)
     before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
     resume = ["--resume"] if name in ("metrics.jsonl", "last.safetensors", "coreset") else []  # the same check
