@@ -38,6 +38,7 @@ def _model(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
 
 
+@pytest.mark.slow  # about 20 s (two torchrun processes); .ci/run runs it
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_recipe):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "advtrain", "run", str(tiny_recipe), *ARGS, "output.dir=runs/one"],

@@ -56,7 +56,10 @@ def _reference(tmp_path: Path, tiny_recipe: Path) -> dict[str, torch.Tensor]:
     return _model(tmp_path / "runs/reference/last.safetensors")
 
 
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM])
+# Both variants are slow (about 30 s each); make test keeps the cheaper kill chain of
+# test_trust_boundary.py, and .ci/run runs these as well.
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_bit_identical_weights(tmp_path, tiny_recipe, sig):
     reference = _reference(tmp_path, tiny_recipe)
     run = tmp_path / "runs/killed"
