@@ -136,8 +136,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise WeightsError(
             f"'{path}' is not a readable safetensors file ({first}). advtrain reads weights only as "
-            f".safetensors and never unpickles .pt/.pth/.bin files; convert one you trust with "
-            f"safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors').") from None
+            f".safetensors and never unpickles .pt/.pth/.bin files; convert one you trust yourself (the "
+            f"README, 'Models in and out', shows the one-line conversion with safetensors.torch.save_file).") from None
     return tensors, meta
 
 
