@@ -492,7 +492,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     """Write :func:`tradeoff_figure` as a PNG whose bounding box holds every label."""
     import matplotlib.pyplot as plt
 
-    from advtrain.io.checkpoint import write_atomically
+    from advtrain.io.files import write_atomically
 
     fig = tradeoff_figure(result)
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
@@ -552,7 +552,7 @@ def run_compare(run_dirs: Sequence[Path], out: Path | None, attack: str | None =
 
     Damaged runs are left out, each with a line in ``result["skipped"]`` naming its file.
     """
-    from advtrain.io.checkpoint import write_atomically
+    from advtrain.io.files import write_atomically
     from advtrain.io.run_files import write_json
 
     if not run_dirs:

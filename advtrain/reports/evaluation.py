@@ -23,7 +23,7 @@ from advtrain.attacks.eval_attack import EvalAttack
 from advtrain.attacks.families import STEP_RULE
 from advtrain.attacks.threat import SYMBOL, Threat, report_name
 from advtrain.eval.robust import AttackResult, EvalResult
-from advtrain.io.checkpoint import write_atomically
+from advtrain.io.files import write_atomically
 from advtrain.params import format_number
 
 #: How ``robust_bits`` are written: one bit per evaluated example, in the order of ``indices``.
