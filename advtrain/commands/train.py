@@ -104,4 +104,8 @@ def print_run_summary(resolved: Recipe, report: dict, result: Any) -> None:
                      f"for a full epoch ({speed['epoch_ratio']:.0%}); training-loop speed-up against full "
                      f"training of the same schedule (estimated from the full epochs): {speed['speedup']:.2f}× "
                      f"(selection {speed['selection_share']:.0%} of the loop)")
+    if report.get("epoch_split"):
+        from advtrain.reports.run import split_line
+
+        console.info(f"time per epoch: {split_line(report['epoch_split'])}")
     console.info(f"done in {result.wall_seconds:.1f}s; outputs in {result.out_dir}")

@@ -105,10 +105,17 @@ class RunFiles:
         if self.writes:
             write_text(self.path / RECIPE, text, inside=self.path)
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        """One line of ``metrics.jsonl`` per finished epoch (the file is rewritten whole: a crash never tears it)."""
+    def append_metrics(self, record: dict[str, Any], *, replace_last: bool = False) -> None:
+        """One line of ``metrics.jsonl`` per finished epoch (the file is rewritten whole: a crash never tears it).
+
+        ``replace_last``: ``record`` completes the line already written for its epoch (the loop writes
+        an epoch's line before its checkpoints, so a crash between them redoes the epoch, then
+        adds what the writes took) instead of following it.
+        """
         if self.writes:
             logged = self._read_metrics()
+            if replace_last and logged and logged[-1]["epoch"] == record["epoch"]:
+                logged.pop()
             write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in [*logged, record]), inside=self.path)
 
     def metrics_before(self, epoch: int) -> list[dict[str, Any]]:

@@ -15,10 +15,14 @@ from typing import Any
 
 from advtrain.io.run_files import METRICS, REPORT_JSON
 
-__all__ = ["METRICS", "REPORT_JSON", "MetricsLine", "RunReport"]
+__all__ = ["EPOCH_PARTS", "METRICS", "REPORT_JSON", "MetricsLine", "RunReport"]
+
+#: The parts of an epoch's wall time, in the order a split is shown (``timing`` of a metrics line);
+#: ``other`` is what no named part covers.
+EPOCH_PARTS = ("selection", "train", "eval", "guard", "save", "log", "other")
 
 #: Keys a line holds only when its epoch measured them (left out of the JSON otherwise).
-_MEASURED_ONLY = ("train_time", "eval_time", "val", "overfit_probe_pgd5", "compile_warmup_s")
+_MEASURED_ONLY = ("train_time", "eval_time", "val", "overfit_probe_pgd5", "compile_warmup_s", "timing")
 
 
 @dataclass
@@ -34,12 +38,16 @@ class MetricsLine:
         lr: Learning rate after the epoch's last step.
         coreset_size: Samples in the coreset a coreset epoch trained on (None otherwise).
         selection: Timings of the selection pass the epoch began with (None when it did not select).
-        epoch_time: Wall seconds of the whole epoch (selection, training, validation, guard).
+        epoch_time: Wall seconds of the whole epoch: selection, training, validation, guard, checkpoint and
+            metrics writes (before the ``timing`` split was recorded, the writes were left out).
         train_time: Seconds of training alone (absent for a skipped epoch).
         eval_time: Seconds of validation (absent when the epoch did not validate).
         val: Validation accuracies, clean and per attack (absent when the epoch did not validate).
         overfit_probe_pgd5: The catastrophic-overfitting probe's accuracy (absent without the guard).
         compile_warmup_s: Seconds of the first compiled call (``train.compile``), on the epoch that made it.
+        timing: Where ``epoch_time`` went, in seconds, one entry per part of :data:`EPOCH_PARTS`
+            (``save``: checkpoint and coreset files; ``log``: metrics.jsonl and the loggers); the parts
+            add up to ``epoch_time`` (absent in lines of earlier versions).
     """
 
     epoch: int
@@ -56,6 +64,13 @@ class MetricsLine:
     val: dict[str, float] | None = None
     overfit_probe_pgd5: float | None = None
     compile_warmup_s: float | None = None
+    timing: dict[str, float] | None = None
+
+    def timed(self, split: dict[str, float]) -> MetricsLine:
+        """Take ``epoch_time`` and ``timing`` from a split of :class:`advtrain.train.phase_clock.PhaseClock`."""
+        self.epoch_time = split["total"]
+        self.timing = {k: v for k, v in split.items() if k != "total"}
+        return self
 
     def to_json(self) -> dict[str, Any]:
         """The line as written to ``metrics.jsonl``."""
@@ -94,6 +109,7 @@ class RunReport:
     final_val: dict[str, float]
     test: dict[str, Any] | None
     compile: dict[str, Any] | None
+    epoch_split: dict[str, Any] | None  # advtrain.reports.run.epoch_split: where the epochs' wall time went
     advtrain_version: str
     recipe: dict[str, Any] = field(repr=False)
 

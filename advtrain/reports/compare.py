@@ -31,7 +31,7 @@ from typing import Any
 from advtrain.attacks import section_threat
 from advtrain.errors import UserError
 from advtrain.params import FractionError, parse_number
-from advtrain.reports.run import epoch_seconds, loop_seconds
+from advtrain.reports.run import epoch_seconds, loop_seconds, split_line
 from advtrain.reports.run_records import DamagedRunError, RunRecord, load_run
 
 __all__ = ["compare_runs", "epoch_seconds", "ideal_speedup", "load_run", "load_runs", "loop_seconds",
@@ -336,7 +336,8 @@ def _per_run(run: RunRecord, ref: list[RunRecord], metric: str | None) -> dict[s
         "speedup": ref_loop / run.loop_s if usable and ref_loop and run.loop_s else None,
         "wall_speedup": ref_wall / run.wall_s if usable and ref_wall and run.wall_s > 0 else None,
         "clean_acc": run.clean_acc, "robust_acc": run.robust_acc.get(metric) if metric else None,
-        "all_robust_acc": run.robust_acc, "n_examples": run.n_examples, "nonstandard": run.nonstandard}
+        "all_robust_acc": run.robust_acc, "n_examples": run.n_examples, "nonstandard": run.nonstandard,
+        "epoch_split": run.epoch_split}
 
 
 def _finite_mean(values: list[float]) -> float | None:
@@ -430,6 +431,22 @@ SUMMARY_COLUMNS = ("configuration", "seeds", "speed-up (own full epochs)", "spee
                    "robust acc %", "rel. robust error %")
 
 
+def _split_section(runs: list[dict[str, Any]]) -> list[str]:
+    """Where each run's epochs spent their wall time (the lines of runs that recorded the split)."""
+    timed = [r for r in runs if r.get("epoch_split")]
+    if not timed:
+        return []
+    lines = ["", "## Where the epoch time goes", "",
+             "Mean seconds per trained epoch; epoch overhead = the share of the epochs' wall time that is neither "
+             "training nor selection (validation, overfitting guard, checkpoint / coreset / metrics writes, other).",
+             ""]
+    lines += [f"- {r['path']}: an epoch took {split_line(r['epoch_split'])}" for r in timed]
+    untimed = [r["path"] for r in runs if not r.get("epoch_split")]
+    if untimed:
+        lines.append(f"- not recorded (metrics.jsonl of an earlier advtrain): {', '.join(untimed)}")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     metric = result["attack"] or "none"
     lines = [
@@ -458,17 +475,21 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "Notes:", ""] + [f"- warning: {w}" for w in result.get("skipped", []) + result["warnings"]]
         lines += [f"- {n}" for n in notes(result)]
     lines += ["", "## Runs", "", "| run | selector | fraction | warm start | seed | selection attack | loop s | "
-              "wall s | speed-up (own full epochs) | speed-up (loop / wall, vs full runs) | clean % | robust % |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "wall s | epoch overhead % | speed-up (own full epochs) | speed-up (loop / wall, vs full runs) | "
+              "clean % | robust % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         speed = f"{r['speedup']:.2f} / {r['wall_speedup']:.2f}" if r["speedup"] and r["wall_speedup"] else "–"
         within = "–" if r["speedup_within"] is None else f"{r['speedup_within']:.2f}"
         clean = "–" if r["clean_acc"] is None else f"{100 * r['clean_acc']:.1f}"
         robust = "–" if r["robust_acc"] is None else f"{100 * r['robust_acc']:.1f}"
         wall = "–" if r["wall_s"] is None else f"{r['wall_s']:.1f}"
+        split = r.get("epoch_split")
+        overhead = "–" if not split else f"{100 * split['overhead_share']:.1f}"
         lines.append(f"| {r['path']} | {r['selector']} | {r['fraction']:g} | {r['warm_start']} | {r['seed']} | "
-                     f"{r['selection_attack']} | {r['loop_s']:.1f} | {wall} | {within} | {speed} | {clean} | "
-                     f"{robust} |")
+                     f"{r['selection_attack']} | {r['loop_s']:.1f} | {wall} | {overhead} | {within} | {speed} | "
+                     f"{clean} | {robust} |")
+    lines += _split_section(result["runs"])
     if result["paired"]:
         lines += ["", f"## Paired differences in {metric} robust accuracy (same seeds), coreset − random", "",
                   "| method | fraction | difference (pp) | standard error (pp) | pairs |", "|---|---|---|---|---|"]

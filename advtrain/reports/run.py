@@ -18,7 +18,7 @@ from advtrain import __version__
 from advtrain.config.recipe import Recipe
 from advtrain.eval.robust import EvalResult
 from advtrain.io.run_files import RunFiles
-from advtrain.io.run_records import MetricsLine, RunReport
+from advtrain.io.run_records import EPOCH_PARTS, MetricsLine, RunReport
 from advtrain.reports.evaluation import eval_record, percent
 
 
@@ -87,6 +87,45 @@ def speedup_estimate(metrics: Sequence[dict[str, Any]], epochs: int, *, max_step
     return estimate
 
 
+def epoch_split(metrics: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the wall time of the run's epochs went: each part's mean seconds per epoch and its share.
+
+    From the epochs whose lines hold a ``timing`` split (None when none does: a run of an earlier
+    advtrain); skipped epochs (no training) are left out. ``overhead_share`` is the share of the
+    wall time that is neither training nor selection, the loop's own cost (validation, guard,
+    writes and the rest). ``compile_warmup_s`` is the part of ``train`` that compilation took.
+    """
+    timed = [m for m in metrics if isinstance(m.get("timing"), dict) and m.get("phase") != "skip"]
+    if not timed:
+        return None
+    n = len(timed)
+    totals = {part: sum(float(m["timing"].get(part) or 0.0) for m in timed) for part in EPOCH_PARTS}
+    wall = sum(totals.values())
+    warmup = sum(float(m.get("compile_warmup_s") or 0.0) for m in timed)
+    return {"epochs": n, "epoch_s": wall / n, "mean_s": {part: v / n for part, v in totals.items()},
+            "share": {part: v / wall if wall else 0.0 for part, v in totals.items()},
+            "overhead_share": 1.0 - (totals["train"] + totals["selection"]) / wall if wall else 0.0,
+            "compile_warmup_s": warmup or None}
+
+
+def split_line(split: dict[str, Any]) -> str:
+    """``10.42s = train 8.49 + eval 1.29 + save 0.40 + other 0.00 (mean of 3 epochs; 18.5% neither ...)``.
+
+    Training and ``other`` are always shown, the other parts when they took at least 5 ms per epoch.
+    """
+    mean = split["mean_s"]
+    shown = [p for p in EPOCH_PARTS if p in ("train", "other") or mean[p] >= 0.005]
+    terms = []
+    for part in shown:
+        term = f"{part} {mean[part]:.2f}"
+        if part == "train" and split.get("compile_warmup_s"):
+            term += f" (incl. compile warm-up {split['compile_warmup_s'] / split['epochs']:.2f})"
+        terms.append(term)
+    epochs = "1 epoch" if split["epochs"] == 1 else f"mean of {split['epochs']} epochs"
+    return (f"{split['epoch_s']:.2f}s = " + " + ".join(terms)
+            + f" ({epochs}; {split['overhead_share']:.1%} neither training nor selection)")
+
+
 def run_report(recipe: Recipe, result: RunResult, *, model_name: str, eval_attacks: Sequence[Any]) -> RunReport:
     """Summarise a finished run of ``recipe`` from its metrics lines and final test evaluation."""
     metrics = [m.to_json() for m in result.metrics]
@@ -104,7 +143,8 @@ def run_report(recipe: Recipe, result: RunResult, *, model_name: str, eval_attac
         best_metric=result.best_metric, best_metric_name=best_metric_name(metrics), best_split=recipe.eval.split,
         best_epoch=None if result.best_epoch is None else result.best_epoch + 1, final_val=result.final_val,
         test=eval_record(result.test, list(eval_attacks)) if result.test is not None else None,
-        compile=result.compile, advtrain_version=__version__, recipe=recipe.resolved)
+        compile=result.compile, epoch_split=epoch_split(metrics), advtrain_version=__version__,
+        recipe=recipe.resolved)
 
 
 def write_run_report(files: RunFiles, report: RunReport, metrics: Sequence[MetricsLine]) -> dict[str, Any]:
@@ -186,6 +226,8 @@ def run_markdown(report: dict) -> str:
             f"warm-up {compiled['warmup_s']:.1f}s (first compiled call)" if compiled["compiled"] and
             compiled["warmup_s"] is not None else f"fell back to eager ({compiled['fallback']})"
             if not compiled["compiled"] else "compiled"))
+    if report.get("epoch_split"):
+        lines.append(f"- time per epoch: {split_line(report['epoch_split'])}")
     speed = report.get("speedup")
     if speed and speed.get("speedup") is None:
         lines.append(f"- speed-up: not measured; {speed.get('note') or 'no timed epochs'}")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from advtrain.errors import UserError
+from advtrain.io.run_records import EPOCH_PARTS
 
 __all__ = ["DamagedRunError", "RunRecord", "load_run"]
 
@@ -49,7 +50,9 @@ class RunRecord:
     is its loop against full training of the same schedule estimated from those epochs (None with
     the reason in ``within_note``); ``capped`` says why no speed-up means anything when
     ``train.max_steps_per_epoch`` made both kinds of epoch equally long; ``nonstandard`` maps metric
-    names to why they are not standard; ``loader`` is (batch size, step cap), what epoch times depend on.
+    names to why they are not standard; ``loader`` is (batch size, step cap), what epoch times depend on;
+    ``epoch_split`` is where its epochs' wall time went (:func:`advtrain.reports.run.epoch_split`; None
+    for a run of an earlier advtrain).
     """
 
     path: str
@@ -74,6 +77,7 @@ class RunRecord:
     nonstandard: dict[str, str] = field(default_factory=dict)
     loader: tuple[Any, ...] = ()
     capped: str | None = None
+    epoch_split: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -201,6 +205,13 @@ def _check_epoch(record: dict[str, Any], path: Path, where: str) -> dict[str, An
     selection = _mapping(record.get("selection"), path, f"{where}: selection", optional=True)
     if selection.get("total_s") is not None:
         _number(selection["total_s"], path, f"{where}: selection.total_s", low=0.0, high=MAX_SECONDS)
+    for key in ("epoch_time", "compile_warmup_s"):
+        if record.get(key) is not None:
+            _number(record[key], path, f"{where}: {key}", low=0.0, high=MAX_SECONDS)
+    timing = _mapping(record.get("timing"), path, f"{where}: timing", optional=True)
+    for part in EPOCH_PARTS:  # the split of epoch_time (lines of earlier versions have none)
+        if timing.get(part) is not None:
+            _number(timing[part], path, f"{where}: timing.{part}", low=0.0, high=MAX_SECONDS)
     return record
 
 
@@ -248,7 +259,7 @@ def load_run(path: Path) -> RunRecord:
         UserError: ``path`` is not a run folder or lacks a file of a finished run.
         DamagedRunError: one of its files is damaged (the error names it).
     """
-    from advtrain.reports.run import epoch_seconds, loop_seconds, speedup_estimate
+    from advtrain.reports.run import epoch_seconds, epoch_split, loop_seconds, speedup_estimate
 
     if not path.is_dir():
         raise UserError(f"'{path}' is not a run folder; give folders that `advtrain run` wrote "
@@ -301,7 +312,7 @@ def load_run(path: Path) -> RunRecord:
         robust_acc=robust, n_examples=n_examples, epoch_s=epoch_seconds(metrics),
         full_epoch_s=[float(m["train_time"]) for m in metrics if m["phase"] == "full" and m.get("train_time")],
         within_speedup=within, within_note=note, nonstandard=nonstandard, loader=(batch, cap),
-        capped=None if estimate is None else estimate.get("note"))
+        capped=None if estimate is None else estimate.get("note"), epoch_split=epoch_split(metrics))
 
 
 def _loader(recipe: dict[str, Any], where: Path) -> tuple[int | None, int | None]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from advtrain.selection import Coreset
 from advtrain.train import overfit, stops
 from advtrain.train.budget import coreset_size_bounds
 from advtrain.train.compiled import CompiledModel, compile_message
+from advtrain.train.phase_clock import PhaseClock
 from advtrain.train.progress import EpochProgress
 from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
 from advtrain.train.stops import TrainingInterrupted
@@ -147,15 +148,16 @@ class Trainer:
             return RunResult(self.out_dir, 0, time.perf_counter() - start, {}, None, self.state.best_metric,
                              self.state.best_epoch, self.metrics, finished_before=True)
         schedule, first_epoch = self.recipe.schedule, self.state.epoch
+        clock = PhaseClock.for_device(self.device)  # where each epoch's wall time goes (metrics line: timing)
         with self._epoch_loop(first_epoch):
             for epoch in range(first_epoch, schedule.epochs):
-                self.state.epoch, epoch_start = epoch, time.perf_counter()
+                self.state.epoch = epoch
                 phase = epoch_phase(schedule, epoch, self.parts.selector.selects)
-                progress = self._resumed_epoch() or self._maybe_select(epoch, phase)
-                record = self._train(epoch, phase, progress)
-                collapsed = self._evaluate(epoch, phase, record)
-                record.epoch_time = time.perf_counter() - epoch_start
-                if not self._save(epoch, record, collapsed):
+                progress = self._resumed_epoch() or self._maybe_select(epoch, phase, clock)
+                with clock.phase("train"):
+                    record = self._train(epoch, phase, progress)
+                collapsed = self._evaluate(epoch, phase, record, clock)
+                if not self._save(epoch, record, collapsed, clock):
                     break
         return self._finish(start, first_epoch)
 
@@ -196,12 +198,15 @@ class Trainer:
         progress, self.state.in_epoch = self.state.in_epoch, None
         return progress
 
-    def _maybe_select(self, epoch: int, phase: str) -> EpochProgress:
+    def _maybe_select(self, epoch: int, phase: str, clock: PhaseClock) -> EpochProgress:
         """Seed a fresh epoch, then select a coreset when one is due; the epoch starts at batch 0."""
         rank = (self.dist.rank,) if self.dist.enabled else ()  # own attack starts per rank
         torch.manual_seed(derive_seed(self.recipe.seed, "epoch", epoch, *rank))
         due = phase == "coreset" and selection_due(self.recipe.schedule, epoch, self.state.coreset)
-        return EpochProgress(epoch, selection=self.select(epoch) if due else None)
+        if not due:
+            return EpochProgress(epoch)
+        with clock.phase("selection"):
+            return EpochProgress(epoch, selection=self.select(epoch, clock))
 
     def _train(self, epoch: int, phase: str, progress: EpochProgress) -> MetricsLine:
         """Train the epoch (a ``skip`` epoch only advances the step count); its metrics line so far."""
@@ -221,27 +226,38 @@ class Trainer:
         record.coreset_size = None if phase != "coreset" else len(self.state.coreset)
         return record
 
-    def _evaluate(self, epoch: int, phase: str, record: MetricsLine) -> bool:
+    def _evaluate(self, epoch: int, phase: str, record: MetricsLine, clock: PhaseClock) -> bool:
         """Validate when due (tracking the best model), then the overfitting guard; True: training collapsed."""
         if self._eval_due(epoch) and self.dist.is_main:
-            eval_start = time.perf_counter()
-            result = self.validate()
-            record.eval_time = time.perf_counter() - eval_start
+            with clock.phase("eval"):
+                eval_start = time.perf_counter()
+                result = self.validate()
+                record.eval_time = time.perf_counter() - eval_start
             record.val = result.summary()
             self._track_best(result.headline, epoch)
-        return self._overfit_guard(phase, record)
+        with clock.phase("guard"):
+            return self._overfit_guard(phase, record)
 
-    def _save(self, epoch: int, record: MetricsLine, collapsed: bool) -> bool:
-        """Log the epoch and save its checkpoints; False: the overfitting guard stopped the run."""
+    def _save(self, epoch: int, record: MetricsLine, collapsed: bool, clock: PhaseClock) -> bool:
+        """Log the epoch and save its checkpoints; False: the overfitting guard stopped the run.
+
+        The epoch's line is written before its checkpoints (a crash between them redoes the epoch
+        from the previous checkpoint), then rewritten with the time the writes took.
+        """
         self.metrics.append(record)
-        self.files.append_metrics(record.to_json())
-        # metrics.csv / TensorBoard when the log section asks
-        self.loggers.log_epoch(record.to_json(), [m.to_json() for m in self.metrics])
+        with clock.phase("log"):
+            self.files.append_metrics(record.timed(clock.split()).to_json())
+        if not collapsed:
+            self.state.epoch = epoch + 1  # this epoch is done: a resume starts the next one
+            with clock.phase("save"):
+                self._save_checkpoints(epoch)
+        with clock.phase("log"):  # metrics.csv / TensorBoard when the log section asks
+            self.loggers.log_epoch(record.timed(clock.split()).to_json(), [m.to_json() for m in self.metrics])
+        # The laps join up: this rewrite and the screen line below count in the next epoch's `other`.
+        self.files.append_metrics(record.timed(clock.lap()).to_json(), replace_last=True)
         if collapsed:
             self._revert_after_collapse(epoch, record)
             return False
-        self.state.epoch = epoch + 1  # this epoch is done: a resume starts the next one
-        self._save_checkpoints(epoch)
         self.reporter.epoch_end(epoch, record.to_json())
         if distributed.any_rank(self.dist, self.stop.requested, self.device):  # a signal outside a training step
             raise TrainingInterrupted(stops.interrupt_message(self.stop.name, self.files.last, epoch=epoch))
@@ -419,8 +435,9 @@ class Trainer:
                 "warmup_s": model.warmup_s, "fallback": model.fallback}
 
     # ------------------------------------------------------------ selection
-    def select(self, epoch: int) -> dict[str, float]:
-        """Attack the whole training set, take last-layer gradients, solve for the coreset."""
+    def select(self, epoch: int, clock: PhaseClock | None = None) -> dict[str, float]:
+        """Attack the whole training set, take last-layer gradients, solve for the coreset (written to the run
+        folder, its time charged to ``clock``'s ``save``)."""
         from advtrain.selection.full_pass import select_coreset
 
         # The selection pass draws its own attack starts, so training randomness is the same
@@ -433,7 +450,8 @@ class Trainer:
                                              amp_dtype=self.amp_dtype, ctx=self.dist,
                                              progress=self._selection_progress(epoch))
         self.state.coreset = coreset
-        self.files.write_coreset(epoch, indices=coreset.indices, weights=coreset.weights, labels=coreset.labels)
+        with clock.phase("save") if clock is not None else nullcontext():
+            self.files.write_coreset(epoch, indices=coreset.indices, weights=coreset.weights, labels=coreset.labels)
         info = timing.record(len(coreset))
         self.reporter.message(
             f"selected {info['size']} of {len(self.data.train)} samples with {self.recipe.components['selector'].name} "
