@@ -358,7 +358,8 @@ def resolved_schedule(recipe_yaml: Path) -> dict[str, Any]:
             "select_every": int(sched.get("select_every", 20)), "skip_epochs": int(sched.get("skip_epochs", 0))}
 
 
-_EPOCH_KEYS = ("epoch", "phase", "train_time", "epoch_time", "samples", "coreset_size", "train_loss", "lr")
+_EPOCH_KEYS = ("epoch", "phase", "train_time", "epoch_time", "samples", "coreset_size", "train_loss", "lr",
+               "timing")  # timing: where epoch_time went (advtrain.io.run_records.EPOCH_PARTS; None before it)
 
 
 def build_record(grid: Grid, spec: RunSpec, state: RunState, device: str, command: str) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def split_line(split: dict[str, Any]) -> str:
     for part in shown:
         term = f"{part} {mean[part]:.2f}"
         if part == "train" and split.get("compile_warmup_s"):
-            term += f" (incl. compile warm-up {split['compile_warmup_s'] / split['epochs']:.2f})"
+            term += f" (incl. compile warm-up {split['compile_warmup_s']:.1f}s once)"
         terms.append(term)
     epochs = "1 epoch" if split["epochs"] == 1 else f"mean of {split['epochs']} epochs"
     return (f"{split['epoch_s']:.2f}s = " + " + ".join(terms)

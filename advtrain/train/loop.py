@@ -235,7 +235,8 @@ class Trainer:
                 record.eval_time = time.perf_counter() - eval_start
             record.val = result.summary()
             self._track_best(result.headline, epoch)
-        with clock.phase("guard"):
+        guarding = self.recipe.train.overfit_guard and phase != "skip"
+        with clock.phase("guard") if guarding else nullcontext():
             return self._overfit_guard(phase, record)
 
     def _save(self, epoch: int, record: MetricsLine, collapsed: bool, clock: PhaseClock) -> bool:

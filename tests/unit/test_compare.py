@@ -255,6 +255,27 @@ def test_aa_with_its_budget_in_the_name_is_labelled_non_standard(tmp_path):
     assert result["attack"] == "aa5" and result["attack_note"]
 
 
+def test_compare_shows_the_split_of_runs_that_have_it_and_a_dash_for_older_ones(tmp_path):
+    from advtrain.io.run_records import EPOCH_PARTS
+
+    old = make_run(tmp_path, "full", 1.0, 0, 0.5)  # lines as an earlier advtrain wrote them: no split
+    new = make_run(tmp_path, "random", 0.5, 0, 0.4)
+    lines = [json.loads(x) for x in (new / "metrics.jsonl").read_text().splitlines()]
+    for m in lines:
+        parts = {**dict.fromkeys(EPOCH_PARTS, 0.0), "train": m["train_time"], "eval": 1.0, "save": 0.5}
+        m["timing"], m["epoch_time"] = parts, sum(parts.values())
+    (new / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    runs, skipped = load_runs([old, new])
+    assert not skipped and runs[0].epoch_split is None and runs[1].epoch_split["epochs"] == 4
+    result = compare_runs(runs)
+    text = markdown(result)
+    row = {r["path"]: r for r in result["runs"]}
+    assert row[str(new)]["epoch_split"]["mean_s"]["save"] == pytest.approx(0.5)
+    overhead = 100 * row[str(new)]["epoch_split"]["overhead_share"]
+    assert f"| {overhead:.1f} |" in text and f"- {new}: an epoch took " in text
+    assert f"not recorded (metrics.jsonl of an earlier advtrain): {old}" in text
+
+
 # --- damaged run folders: each is named and skipped (or refused alone), never a traceback ------------
 def _garbage() -> bytes:
     return bytes(range(256)) * 4
@@ -288,6 +309,12 @@ DAMAGE = {  # file → content (bytes or text), what the message must say
     "selection a list": ("metrics.jsonl", '{"epoch": 0, "phase": "coreset", "selection": [1]}\n',
                          "selection must be a mapping"),
     "empty metrics": ("metrics.jsonl", "\n", "is empty"),
+    "timing a list": ("metrics.jsonl", '{"epoch": 0, "phase": "full", "timing": [1, 2]}\n', "timing must be a mapping"),
+    "timing part text": ("metrics.jsonl", '{"epoch": 0, "phase": "full", "timing": {"save": "slow"}}\n',
+                         "timing.save must be a number"),
+    "negative timing part": ("metrics.jsonl", '{"epoch": 0, "phase": "full", "timing": {"eval": -0.5}}\n',
+                             "timing.eval"),
+    "epoch_time NaN": ("metrics.jsonl", '{"epoch": 0, "phase": "full", "epoch_time": NaN}\n', "epoch_time"),
     "recipe a scalar": ("recipe.yaml", "3\n", "the recipe must be a mapping"),
     "recipe invalid YAML": ("recipe.yaml", "a: [1, 2\n", "not valid YAML"),
     "selector missing": ("recipe.yaml", "seed: 0\n", "selector section must be a mapping"),
