@@ -45,6 +45,11 @@ class ScheduleConfig:
     )
 
 
+#: ``train.compile_mode``: torch.compile's modes; those with CUDA graphs are in :data:`CUDA_GRAPH_MODES`.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 @dataclass
 class TrainConfig:
     """Loop-level knobs that are not components."""
@@ -54,6 +59,10 @@ class TrainConfig:
     compile: bool | str = param("auto", choices=(True, False, "auto"),
                                 help="torch.compile the model: auto (on for CUDA, off elsewhere), true (also on a CPU "
                                      "with a C++ compiler) or false; a failed compilation falls back to eager")
+    compile_mode: str = param("default", choices=COMPILE_MODES,
+                              help="torch.compile mode when compiling: default, reduce-overhead (CUDA graphs: "
+                                   "fewer kernel launches per step), max-autotune (slower compile, tuned kernels, "
+                                   "CUDA graphs) or max-autotune-no-cudagraphs")
     channels_last: bool | None = param(None, help="channels-last memory format for the model (default: on CUDA only)")
     data_on_device: bool = param(True, help="on CUDA, keep in-memory datasets on the GPU as uint8 and augment "
                                             "there (no per-batch host→device copies)")
@@ -103,6 +112,14 @@ class LogConfig:
     csv: bool = param(False, help="write metrics.csv (one row per epoch) in the run folder")
     tensorboard: bool = param(False, help="write TensorBoard event files to <run>/tensorboard "
                                           "(needs: pip install 'advtrain[tensorboard]')")
+
+
+def compile_problems(config: TrainConfig) -> list[str]:
+    """``train.compile_mode: ...`` when a mode is asked for but ``train.compile=false`` never compiles."""
+    if config.compile is False and config.compile_mode != "default":
+        return [f"train.compile_mode: {config.compile_mode} has no effect with train.compile=false; set "
+                f"train.compile=auto (compiles on CUDA) or true, or leave compile_mode at default"]
+    return []
 
 
 def tensorboard_available() -> bool:

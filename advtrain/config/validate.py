@@ -16,7 +16,7 @@ from typing import Any
 
 from advtrain.config.read import resolve_interpolations
 from advtrain.config.recipe import Component, Recipe
-from advtrain.config.schema import COMPONENT_SECTIONS, FIXED_SECTIONS, RecipeTop, log_problems
+from advtrain.config.schema import COMPONENT_SECTIONS, FIXED_SECTIONS, RecipeTop, compile_problems, log_problems
 from advtrain.config.sections import SECTION_REGISTRIES
 from advtrain.errors import RecipeError, UserError
 from advtrain.objectives import ignored_attack_params
@@ -160,6 +160,7 @@ def validate(data: dict[str, Any], source: str | None = None, *, interpolate: bo
     if not problems:
         _cross_checks(components, fixed, problems, refuse_ignored=interpolate)
         _device_checks(top, problems)
+        problems.extend(compile_problems(fixed["train"]))
         if interpolate:  # a stored recipe's loggers do not matter to eval on a machine without them
             problems.extend(log_problems(fixed["log"]))
     if problems:

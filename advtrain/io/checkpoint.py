@@ -45,6 +45,12 @@ __all__ = ["FORMAT_VERSION", "Checkpoint", "RunState", "TrainingState", "check_m
 
 #: Recipe keys that may change between a checkpoint and a resumed run.
 RESUMABLE_KEYS = ("name", "device", "output", "eval", "runtime", "log")
+#: Keys inside other sections that only choose how the same thing is computed (compilation, the
+#: fused optimizer update): they may change on resume, and a stored recipe without them (an
+#: earlier advtrain's) resumes as well.
+RUNTIME_KEY_PATHS = ("train.compile", "train.compile_mode", "optim.fused")
+#: Optimizer settings that pick torch's implementation of the same update, not the update itself.
+IMPLEMENTATION_SETTINGS = ("fused", "foreach")
 #: The most entries a stored coreset may declare (read before the data is known: 800 MB of int64).
 MAX_CORESET = 10**8
 #: safetensors dtype names → torch dtypes (what a header may declare; anything else is refused).
@@ -401,11 +407,11 @@ def load_model_weights(ckpt: Checkpoint, model: torch.nn.Module) -> None:
 
 # ------------------------------------------------------------------------------------------ resume
 def recipe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Key paths whose values differ between two resolved recipes (ignoring RESUMABLE_KEYS)."""
+    """Key paths whose values differ between two resolved recipes (ignoring RESUMABLE_KEYS and RUNTIME_KEY_PATHS)."""
     diffs = []
     for key in sorted(set(old) | set(new)):
         path = f"{prefix}{key}"
-        if not prefix and key in RESUMABLE_KEYS:
+        if (not prefix and key in RESUMABLE_KEYS) or path in RUNTIME_KEY_PATHS:
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -453,7 +459,8 @@ def check_optimizer_settings(ckpt: Checkpoint, optimizer: torch.optim.Optimizer,
     recipe difference); a value of the wrong type (``maximize: "no"``, ``momentum: "abc"``) means it
     was edited or damaged (always refused). ``lr`` is the schedule's value at the save: only its
     type is checked. A stored key this torch's optimizer lacks is accepted only switched off
-    (null or false: a feature flag of another torch version).
+    (null or false: a feature flag of another torch version). ``fused`` and ``foreach`` are not
+    compared: they choose torch's implementation of the same update (``optim.fused``).
     """
     stored = (ckpt.meta.get("optimizer") or {}).get("param_groups")
     if stored is None:
@@ -466,7 +473,7 @@ def check_optimizer_settings(ckpt: Checkpoint, optimizer: torch.optim.Optimizer,
         if theirs.get("params") != ours["params"]:
             damaged.append(f"param_groups[{i}].params: the checkpoint lists parameters {theirs.get('params')!r:.60}, "
                            f"the model's optimizer {ours['params']!r:.60}")
-        for key in sorted(set(theirs) - {"params"}):
+        for key in sorted(set(theirs) - {"params", *IMPLEMENTATION_SETTINGS}):
             value = theirs[key]
             where = f"param_groups[{i}].{key}"
             if key not in ours:

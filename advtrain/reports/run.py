@@ -35,7 +35,7 @@ class RunResult:
     best_epoch: int | None
     metrics: list[MetricsLine] = field(default_factory=list)
     finished_before: bool = False  # --resume of a run that had already finished: nothing was redone
-    compile: dict[str, Any] | None = None  # train.compile: {setting, compiled, warmup_s, fallback}
+    compile: dict[str, Any] | None = None  # train.compile: {setting, mode, compiled, warmup_s, fallback}
 
 
 def loop_seconds(metrics: Sequence[dict[str, Any]]) -> tuple[float, float, float]:
@@ -222,7 +222,8 @@ def run_markdown(report: dict) -> str:
     ]
     compiled = report.get("compile")
     if compiled:
-        lines.append(f"- torch.compile ({compiled['setting']}): " + (
+        mode = f", mode {compiled['mode']}" if compiled.get("mode", "default") != "default" else ""
+        lines.append(f"- torch.compile ({compiled['setting']}{mode}): " + (
             f"warm-up {compiled['warmup_s']:.1f}s (first compiled call)" if compiled["compiled"] and
             compiled["warmup_s"] is not None else f"fell back to eager ({compiled['fallback']})"
             if not compiled["compiled"] else "compiled"))

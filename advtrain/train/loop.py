@@ -51,7 +51,7 @@ from advtrain.runtime.seeding import derive_seed, generator, seed_everything
 from advtrain.selection import Coreset
 from advtrain.train import overfit, stops
 from advtrain.train.budget import coreset_size_bounds
-from advtrain.train.compiled import CompiledModel, compile_message
+from advtrain.train.compiled import CompiledModel, compile_message, mark_step_begin
 from advtrain.train.phase_clock import PhaseClock
 from advtrain.train.progress import EpochProgress
 from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
@@ -129,11 +129,13 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             train_model = DistributedDataParallel(self.model, device_ids=ids)
-        message = compile_message(self.recipe.train.compile, self.device)
+        train = self.recipe.train
+        message = compile_message(train.compile, self.device, train.compile_mode)
         if message is None:
             return train_model
         self.reporter.message(message)
-        return CompiledModel(train_model, lambda text: self.reporter.message(text, style="yellow"))
+        return CompiledModel(train_model, lambda text: self.reporter.message(text, style="yellow"),
+                             mode=train.compile_mode)
 
     # ------------------------------------------------------------------ loop
     def fit(self, folder: RunFolder | None, *, resume: Path | None = None, force: bool = False) -> RunResult:
@@ -350,6 +352,7 @@ class Trainer:
     def _train_step(self, epoch: int, b: int, batches: int, x: Tensor, y: Tensor, idx: Tensor,
                     weights_dev: Tensor | None, monitor: StepMonitor) -> None:
         """Attack, weighted loss, backward, optimizer step; its figures go to ``monitor`` (no host sync)."""
+        mark_step_begin(self.train_model)  # CUDA graphs: every backward of the last step has run
         factor = self.parts.lr_factor(epoch + b / batches, self.recipe.schedule.epochs)
         for group, base in zip(self.optimizer.param_groups, self.parts.base_lrs, strict=True):
             group["lr"] = base * factor
@@ -432,7 +435,7 @@ class Trainer:
         if not isinstance(self.train_model, CompiledModel):
             return None
         model = self.train_model
-        return {"setting": self.recipe.train.compile, "compiled": model.fallback is None,
+        return {"setting": self.recipe.train.compile, "mode": model.mode, "compiled": model.fallback is None,
                 "warmup_s": model.warmup_s, "fallback": model.fallback}
 
     # ------------------------------------------------------------ selection

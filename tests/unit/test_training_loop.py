@@ -370,7 +370,7 @@ def test_a_failed_compilation_falls_back_to_eager_once_with_a_message(tiny_recip
             raise RuntimeError("backend compiler failed: no C++ compiler\ndetails")
 
     broken = {}
-    monkeypatch.setattr(torch, "compile", lambda model: broken.setdefault("module", BrokenBackend(model)))
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: broken.setdefault("module", BrokenBackend(model)))
     messages = []
 
     class Recorder:
@@ -395,7 +395,7 @@ def test_the_fallback_trains_exactly_as_eager(tiny_recipe, tmp_path, monkeypatch
     losses = []
     for compiled in (False, True):
         if compiled:
-            monkeypatch.setattr(torch, "compile", lambda model: _Failing())
+            monkeypatch.setattr(torch, "compile", lambda model, **kwargs: _Failing())
         trainer = _trainer(tiny_recipe, tmp_path / str(compiled), f"train.compile={str(compiled).lower()}")
         losses.append(trainer.train_epoch(0, "full")["train_loss"])
     assert losses[0] == losses[1]  # the same computation, bit for bit
