@@ -33,6 +33,8 @@ from _common import (
     write_result,
 )
 
+from advtrain.reports.run import epoch_split, split_line
+
 PAPER_MINUTES = {"full": 292.87, "gradmatch": 148.03}
 PROTOCOL = {"epochs": 120, "warm_start_epochs": 30, "select_every": 20}
 
@@ -75,6 +77,9 @@ def summarize(full: dict, acs: dict) -> dict:
         "full_epoch_wall_s": _median([m["epoch_time"] for m in full["metrics"]][1:] or
                                      [m["epoch_time"] for m in full["metrics"]]),
         "coreset_epoch_wall_s": _median([m["epoch_time"] for m in acs["metrics"] if m["phase"] == "coreset"]),
+        # where those wall epochs went (metrics lines' timing; None from an advtrain before it)
+        "full_epoch_split": epoch_split(full["metrics"][1:] or full["metrics"]),
+        "coreset_epoch_split": epoch_split([m for m in acs["metrics"] if m["phase"] == "coreset"]),
         "coreset_size": next((m["coreset_size"] for m in acs["metrics"] if m.get("coreset_size")), None),
         "protocol": {**PROTOCOL, "selections": n_sel},
         "estimate_minutes": {"full": est_full, "gradmatch": est_acs},
@@ -109,6 +114,9 @@ def main() -> None:
     def fmt(v: float | None, spec: str = ".1f") -> str:
         return "–" if v is None else format(v, spec)
 
+    def split(v: dict | None) -> str:
+        return "–" if v is None else split_line(v)
+
     def acc(r: dict) -> str:
         test = (r["report"] or {}).get("test") or {}
         parts = [f"clean {100 * test['clean_acc']:.1f}%"] if isinstance(test.get("clean_acc"), float) else []
@@ -124,6 +132,8 @@ def main() -> None:
              "| figure | full | GradMatch |", "|---|---|---|",
              f"| training time per epoch (s) | {fmt(s['full_epoch_train_s'])} | {fmt(s['coreset_epoch_train_s'])} |",
              f"| wall time per epoch (s) | {fmt(s['full_epoch_wall_s'])} | {fmt(s['coreset_epoch_wall_s'])} |",
+             f"| where a wall epoch goes (mean s; full: epochs 2+) | {split(s['full_epoch_split'])} | "
+             f"{split(s['coreset_epoch_split'])} |",
              f"| selection pass: attack / features / solver (s) | – | {fmt(s['selection_s']['attack_s'])} / "
              f"{fmt(s['selection_s']['features_s'])} / {fmt(s['selection_s']['solver_s'], '.2f')} |",
              f"| coreset size | {args.n_train} | {s['coreset_size']} |",
