@@ -276,6 +276,18 @@ def test_compare_shows_the_split_of_runs_that_have_it_and_a_dash_for_older_ones(
     assert f"not recorded (metrics.jsonl of an earlier advtrain): {old}" in text
 
 
+def test_runs_that_differ_only_in_how_they_compute_are_one_configuration(tmp_path):
+    """An earlier advtrain's recipe has no optim.fused / train.compile_mode: the same configuration still."""
+    old = make_run(tmp_path, "full", 1.0, 0, 0.5)
+    new = make_run(tmp_path, "full", 1.0, 1, 0.5)
+    recipe = yaml.safe_load((new / "recipe.yaml").read_text())
+    recipe["optim"] = {"fused": True}
+    recipe["train"] = {"compile": True, "compile_mode": "reduce-overhead"}
+    (new / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (row,) = compare_runs(load_runs([old, new])[0])["rows"]
+    assert row["seeds"] == [0, 1]
+
+
 # --- damaged run folders: each is named and skipped (or refused alone), never a traceback ------------
 def _garbage() -> bytes:
     return bytes(range(256)) * 4

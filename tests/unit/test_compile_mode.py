@@ -93,3 +93,15 @@ def test_reduce_overhead_compiles_and_trains_on_a_cpu(tiny_recipe, tmp_path):
     stats = trainer.train_epoch(0, "full")
     assert trainer.train_model.fallback is None and trainer.train_model.warmup_s is not None
     assert stats["train_loss"] == stats["train_loss"]
+
+
+def test_the_report_names_a_mode_other_than_default():
+    from advtrain.reports.run import run_markdown
+
+    base = {"name": "r", "model": "m", "dataset": "d", "objective": "o", "attack": "pgd", "selector": "full",
+            "epochs_run": 1, "wall_seconds": 1.0, "selection_seconds": 0.0, "selection_share": 0.0,
+            "best_metric": None, "final_val": {}, "speedup": None, "test": None}
+    graphs = {"setting": True, "mode": "reduce-overhead", "compiled": True, "warmup_s": 12.5, "fallback": None}
+    assert "- torch.compile (True, mode reduce-overhead): warm-up 12.5s" in run_markdown({**base, "compile": graphs})
+    older = {k: v for k, v in graphs.items() if k != "mode"}  # a report.json of an earlier advtrain
+    assert "- torch.compile (True): warm-up 12.5s" in run_markdown({**base, "compile": older})
