@@ -17,6 +17,8 @@ def test_tiny_run_on_cuda(cli, tiny_recipe, tmp_path, precision):
     assert code == 0, out
     metrics = [json.loads(x) for x in (tmp_path / "runs/tiny/metrics.jsonl").read_text().splitlines()]
     assert all(m["train_loss"] == m["train_loss"] for m in metrics)  # finite, not NaN
+    for m in metrics:  # the epoch split, each switch of part synchronised with the GPU
+        assert min(m["timing"].values()) >= 0 and sum(m["timing"].values()) == pytest.approx(m["epoch_time"], abs=1e-9)
 
 
 def test_source_on_device_loads_the_same_batches():
