@@ -54,6 +54,10 @@ class TrainConfig:
     compile: bool | str = param("auto", choices=(True, False, "auto"),
                                 help="torch.compile the model: auto (on for CUDA, off elsewhere), true (also on a CPU "
                                      "with a C++ compiler) or false; a failed compilation falls back to eager")
+    fold_bn: bool | str = param("auto", choices=(True, False, "auto"),
+                                help="fold BatchNorm into the convolutions for the training attack's eval-mode "
+                                     "passes: auto (on for CUDA, off elsewhere), true or false; a model that "
+                                     "cannot be folded is attacked as it is")
     channels_last: bool | None = param(None, help="channels-last memory format for the model (default: on CUDA only)")
     data_on_device: bool = param(True, help="on CUDA, keep in-memory datasets on the GPU as uint8 and augment "
                                             "there (no per-batch host→device copies)")

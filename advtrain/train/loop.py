@@ -52,6 +52,7 @@ from advtrain.selection import Coreset
 from advtrain.train import overfit, stops
 from advtrain.train.budget import coreset_size_bounds
 from advtrain.train.compiled import CompiledModel, compile_message
+from advtrain.train.folded import AttackModel, setup_attack_model
 from advtrain.train.progress import EpochProgress
 from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
 from advtrain.train.stops import TrainingInterrupted
@@ -96,6 +97,7 @@ class Trainer:
         self.parts = build.build_run(recipe, self.device, initial_weights=not resuming)  # resume: the checkpoint's
         enable_cuda_autotuning(self.device)
         self.train_model = self._setup_train_model()
+        self.attack_model = self._setup_attack_model()
         # Only fp16 needs loss scaling; a disabled scaler passes every call through, so the step never branches.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.files = RunFiles(Path(recipe.output.dir), writes=self.dist.is_main)  # rank 0 alone writes
@@ -133,6 +135,16 @@ class Trainer:
             return train_model
         self.reporter.message(message)
         return CompiledModel(train_model, lambda text: self.reporter.message(text, style="yellow"))
+
+    def _setup_attack_model(self) -> AttackModel:
+        """What the training and selection attacks run on: the model, or its BatchNorm-folded view (``train.fold_bn``)."""
+        attack_model = setup_attack_model(self.model, self.objective, self.recipe.train.fold_bn, self.device,
+                                          compile_setting=self.recipe.train.compile,
+                                          image_shape=self.data.image_shape,
+                                          on_compile_fallback=lambda text: self.reporter.message(text, style="yellow"))
+        if attack_model.message is not None:
+            self.reporter.message(attack_model.message, style="yellow" if attack_model.fell_back else None)
+        return attack_model
 
     # ------------------------------------------------------------------ loop
     def fit(self, folder: RunFolder | None, *, resume: Path | None = None, force: bool = False) -> RunResult:
@@ -337,8 +349,9 @@ class Trainer:
         for group, base in zip(self.optimizer.param_groups, self.parts.base_lrs, strict=True):
             group["lr"] = base * factor
         try:
+            attack_model = self.attack_model.refreshed()  # the live weights of this step
             with autocast(self.device, self.amp_dtype):
-                out = self.objective.loss(self.train_model, x, y)
+                out = self.objective.loss(self.train_model, x, y, attack_model=attack_model)
             batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device, non_blocking=True)]
             loss, loss_value, correct, count, stop = self._step_loss(out.losses.float(), out.logits, y, batch_weights)
             self.optimizer.zero_grad(set_to_none=True)
@@ -431,7 +444,8 @@ class Trainer:
             coreset, timing = select_coreset(self.model, self.parts.selection_objective, self.parts.selector, self.data,
                                              seed=self.recipe.seed, epoch=epoch, device=self.device,
                                              amp_dtype=self.amp_dtype, ctx=self.dist,
-                                             progress=self._selection_progress(epoch))
+                                             progress=self._selection_progress(epoch),
+                                             attack_model=self.attack_model.refreshed())
         self.state.coreset = coreset
         self.files.write_coreset(epoch, indices=coreset.indices, weights=coreset.weights, labels=coreset.labels)
         info = timing.record(len(coreset))
