@@ -39,7 +39,7 @@ __all__ = ["compare_runs", "epoch_seconds", "ideal_speedup", "load_run", "load_r
 
 #: Keys that may differ between runs that are compared (seed groups ignore them too).
 IGNORED_KEYS = ("seed", "name", "device", "precision", "output.", "eval.", "train.log_every",
-                "train.compile", "train.channels_last", "train.data_on_device", "data.num_workers")
+                "train.compile", "train.fold_bn", "train.channels_last", "train.data_on_device", "data.num_workers")
 #: The training attack's threat model (metric and bound, from its params' ``threat()``), compared as one key.
 THREAT_KEY = "attack threat model"
 #: Keys that must agree: what is trained on, which network, which threat model.

@@ -81,9 +81,9 @@ class Trainer:
     """Holds the built components of one run and where it stands; :meth:`fit` is the readable loop.
 
     Three kinds of attribute: the run's setting (recipe, device, precision, process group), its
-    built components (``parts``, with the model the step calls and the gradient scaler), and its
-    state: :attr:`state` (what a checkpoint saves), :attr:`metrics` (the lines of ``metrics.jsonl``)
-    and the phase the run is in.
+    built components (``parts``, with the model the step calls, the one its attacks run on and the
+    gradient scaler), and its state: :attr:`state` (what a checkpoint saves), :attr:`metrics` (the
+    lines of ``metrics.jsonl``) and the phase the run is in.
     """
 
     def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None,
