@@ -364,3 +364,31 @@ def test_a_folded_run_trains_resumes_and_saves_the_same_checkpoint_keys(cli, tin
     assert folded.keys() == tensors(tmp_path / "runs/plain/last.safetensors").keys() == resumed.keys()
     for key in (k for k in folded if k.startswith("model.")):  # the resume replays the folded run exactly
         assert torch.equal(folded[key], resumed[key]), key
+
+
+@pytest.mark.slow
+def test_the_compiled_view_follows_the_live_weights(request):
+    """train.compile: the compiled view reads its buffers in place, so a refresh needs no recompilation (~15 s)."""
+    if request.config.getoption("--device") != "cpu":
+        pytest.skip("compiles on the CPU (.ci/run); on CUDA bench/throughput.py --compile on times the compiled view")
+    from torch._dynamo.utils import counters
+
+    from advtrain.train.compiled import CompiledModel
+
+    model = _build("resnet_tiny_cifar", torch.device("cpu"))
+    view = fold_batchnorm(model).view
+    compiled = CompiledModel(view, on_fallback=pytest.fail)
+    x, y = _inputs(torch.device("cpu"), torch.float32, n=4)
+    params = PGDParams(norm="l2", eps=0.5, alpha=0.1, steps=2)
+    counters.clear()
+    for _ in range(2):
+        torch.manual_seed(3)
+        want = pgd(model, x, y, params)
+        torch.manual_seed(3)
+        assert float((pgd(compiled, x, y, params) - want).abs().max()) < 1e-5
+        with torch.no_grad():  # an optimizer step's worth of change, then the refresh the loop makes
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+            model.net.bn1.running_mean.add_(0.1)
+        view.refresh()
+    assert compiled.fallback is None and counters["stats"]["unique_graphs"] == 1  # compiled once, never again
