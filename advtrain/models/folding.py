@@ -154,14 +154,17 @@ def fold_batchnorm(model: nn.Module, example: Tensor | None = None, *, rtol: flo
         return FoldOutcome(None, f"no Conv2d feeds a BatchNorm2d alone ({batchnorms} BatchNorm layers): "
                                  f"nothing to fold")
     objects = {p.name: p.folded for p in pairs}
-    roots = {node.target: objects.get(node.target) or operator.attrgetter(node.target)(model)
-             for node in graph.nodes if node.op in ("call_module", "get_attr")}
-    module = fx.GraphModule(roots, graph, class_name="FoldedForward")
-    view = AttackView(module, model, pairs, batchnorms - len(pairs))
-    if example is not None:
-        gap = _logit_gap(model, view, example)
-        if not gap <= rtol:  # also NaN
-            return FoldOutcome(None, f"the folded view's logits differ from the model's by {gap:.2g} of their scale")
+    try:
+        roots = {node.target: objects[node.target] if node.target in objects else
+                 operator.attrgetter(node.target)(model)
+                 for node in graph.nodes if node.op in ("call_module", "get_attr")}
+        view = AttackView(fx.GraphModule(roots, graph, class_name="FoldedForward"), model, pairs,
+                          batchnorms - len(pairs))
+        gap = 0.0 if example is None else _logit_gap(model, view, example)
+    except Exception as err:  # noqa: BLE001 - a run attacks the model itself rather than stop here
+        return FoldOutcome(None, f"the folded view of {type(model).__name__} does not run ({_first_line(err)})")
+    if not gap <= rtol:  # also NaN
+        return FoldOutcome(None, f"the folded view's logits differ from the model's by {gap:.2g} of their scale")
     return FoldOutcome(view, f"folded {len(pairs)} BatchNorm layers into their convolutions"
                              + (f" ({batchnorms - len(pairs)} left as they are)" if batchnorms > len(pairs) else ""))
 
@@ -171,7 +174,10 @@ class _Tracer(fx.Tracer):
     """fx's tracer that also keeps timm's declared no-trace modules and functions whole."""
 
     def __init__(self) -> None:
-        from timm.layers import get_notrace_functions, get_notrace_modules
+        try:
+            from timm.layers import get_notrace_functions, get_notrace_modules
+        except ImportError:  # a timm without the registry: plain fx
+            get_notrace_functions = get_notrace_modules = list
 
         super().__init__(autowrap_functions=tuple(f for f in get_notrace_functions() if inspect.isfunction(f)))
         self._leaves = tuple(get_notrace_modules())
@@ -210,7 +216,7 @@ def _foldable(conv: nn.Conv2d, bn: nn.Module) -> bool:
 
 
 def _nested_targets(graph: fx.Graph) -> list[str]:
-    """Targets that are also a prefix of another target; building a module tree for them would write into the live model."""
+    """Targets that are also a prefix of another target (a module tree for them would write into the live model)."""
     targets = {node.target for node in graph.nodes if node.op in ("call_module", "get_attr")}
     return sorted(t for t in targets if any(other.startswith(t + ".") for other in targets))
 

@@ -137,7 +137,7 @@ class Trainer:
         return CompiledModel(train_model, lambda text: self.reporter.message(text, style="yellow"))
 
     def _setup_attack_model(self) -> AttackModel:
-        """What the training and selection attacks run on: the model, or its BatchNorm-folded view (``train.fold_bn``)."""
+        """What the training and selection attacks run on: the model or its folded view (``train.fold_bn``)."""
         attack_model = setup_attack_model(self.model, self.objective, self.recipe.train.fold_bn, self.device,
                                           compile_setting=self.recipe.train.compile,
                                           image_shape=self.data.image_shape,

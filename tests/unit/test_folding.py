@@ -265,6 +265,11 @@ def test_models_that_cannot_be_folded_come_back_with_the_reason():
     assert outcome.view is None and "nothing to fold" in outcome.reason
     outcome = fold_batchnorm(_Stateful(), x)
     assert outcome.view is None and "differ from the model's" in outcome.reason
+    once = _Stateful()
+    once.forward = lambda x: _Stateful.forward(once, x) if once.calls == 0 else 1 / 0  # traces, then fails
+    outcome = fold_batchnorm(once, x)
+    assert outcome.view is None and outcome.reason.startswith("the folded view of _Stateful does not run "
+                                                              "(ZeroDivisionError")
 
 
 def test_setup_falls_back_with_one_line_and_never_raises():
@@ -342,9 +347,8 @@ def test_fold_bn_false_and_auto_on_a_cpu_attack_the_model_itself(tmp_path):
 
 
 def test_a_folded_run_trains_resumes_and_saves_the_same_checkpoint_keys(cli, tiny_recipe, tmp_path):
-    from safetensors import safe_open
-
     from conftest import plain
+    from safetensors import safe_open
 
     def tensors(path):
         with safe_open(str(path), framework="pt") as handle:
@@ -360,7 +364,8 @@ def test_a_folded_run_trains_resumes_and_saves_the_same_checkpoint_keys(cli, tin
     assert code == 0, out
     code, out = cli("run", tiny_recipe, *run, "train.fold_bn=false", "output.dir=runs/plain")
     assert code == 0, out
-    folded, resumed = tensors(tmp_path / "runs/tiny/last.safetensors"), tensors(tmp_path / "runs/resumed/last.safetensors")
+    folded = tensors(tmp_path / "runs/tiny/last.safetensors")
+    resumed = tensors(tmp_path / "runs/resumed/last.safetensors")
     assert folded.keys() == tensors(tmp_path / "runs/plain/last.safetensors").keys() == resumed.keys()
     for key in (k for k in folded if k.startswith("model.")):  # the resume replays the folded run exactly
         assert torch.equal(folded[key], resumed[key]), key
