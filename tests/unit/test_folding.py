@@ -376,13 +376,16 @@ def test_the_compiled_view_follows_the_live_weights(request):
     """train.compile: the compiled view reads its buffers in place, so a refresh needs no recompilation (~15 s)."""
     if request.config.getoption("--device") != "cpu":
         pytest.skip("compiles on the CPU (.ci/run); on CUDA bench/throughput.py --compile on times the compiled view")
+    from types import SimpleNamespace
+
     from torch._dynamo.utils import counters
 
-    from advtrain.train.compiled import CompiledModel
+    from advtrain.train.folded import setup_attack_model
 
     model = _build("resnet_tiny_cifar", torch.device("cpu"))
-    view = fold_batchnorm(model).view
-    compiled = CompiledModel(view, on_fallback=pytest.fail)
+    attack_model = setup_attack_model(model, SimpleNamespace(attack=pgd, attack_on_view=True), True,
+                                      torch.device("cpu"), compile_setting=True, image_shape=(3, 16, 16),
+                                      on_compile_fallback=pytest.fail)
     x, y = _inputs(torch.device("cpu"), torch.float32, n=4)
     params = PGDParams(norm="l2", eps=0.5, alpha=0.1, steps=2)
     counters.clear()
@@ -390,10 +393,11 @@ def test_the_compiled_view_follows_the_live_weights(request):
         torch.manual_seed(3)
         want = pgd(model, x, y, params)
         torch.manual_seed(3)
-        assert float((pgd(compiled, x, y, params) - want).abs().max()) < 1e-5
-        with torch.no_grad():  # an optimizer step's worth of change, then the refresh the loop makes
+        assert float((pgd(attack_model.refreshed(), x, y, params) - want).abs().max()) < 1e-5
+        with torch.no_grad():  # an optimizer step's worth of change, before the next refresh
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
             model.net.bn1.running_mean.add_(0.1)
-        view.refresh()
-    assert compiled.fallback is None and counters["stats"]["unique_graphs"] == 1  # compiled once, never again
+    compiled = attack_model.compiled
+    assert compiled.fallback is None and compiled.warmup_s > 0
+    assert counters["stats"]["unique_graphs"] == 1  # compiled once, never again
