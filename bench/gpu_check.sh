@@ -6,7 +6,8 @@
 #
 # Steps (each under its own time limit; a failing step is reported and the others still run):
 #   1. install .whl/*.whl into a private target (omegaconf, lpips, torchattacks; no index);
-#   2. pytest -m gpu, plus the device-agnostic tests of tests/unit/test_device_paths.py on CUDA;
+#   2. pytest -m gpu, plus the device-agnostic tests of tests/unit/test_device_paths.py and
+#      tests/unit/test_folding.py (BatchNorm folding) on CUDA;
 #   3. bench/throughput.py: resnet18_cifar, batch 512, bf16: clean, FGSM, PGD-10, TRADES-10 img/s,
 #      counted GFLOP/image, % of the measured bf16 matrix-product peak, peak GPU memory;
 #   4. bench/peer_baseline.py: the reference-style fp32 loop and torchattacks' PGD in the same run;
@@ -47,7 +48,7 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 
 # -m "": every test of both files, the compiled-training check (slow on a CPU, so out of make test) included
 step tests 100 $PY -m pytest -q -p no:cacheprovider -m "" --device cuda \
-    tests/integration/test_gpu.py tests/unit/test_device_paths.py
+    tests/integration/test_gpu.py tests/unit/test_device_paths.py tests/unit/test_folding.py
 step throughput 120 $PY bench/throughput.py --device cuda --models resnet18_cifar --batch-size 512 --steps 20 \
     --repeats 2 --precision bf16 --compile off --results "$RESULTS"
 step peer_baseline 75 $PY bench/peer_baseline.py --device cuda --model resnet18_cifar --batch-size 512 --steps 20 \

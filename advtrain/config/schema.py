@@ -63,6 +63,10 @@ class TrainConfig:
                               help="torch.compile mode when compiling: default, reduce-overhead (CUDA graphs: "
                                    "fewer kernel launches per step), max-autotune (slower compile, tuned kernels, "
                                    "CUDA graphs) or max-autotune-no-cudagraphs")
+    fold_bn: bool | str = param("auto", choices=(True, False, "auto"),
+                                help="fold BatchNorm into the convolutions for the training attack's eval-mode "
+                                     "passes: auto (on for CUDA, off elsewhere), true or false; a model that "
+                                     "cannot be folded is attacked as it is")
     channels_last: bool | None = param(None, help="channels-last memory format for the model (default: on CUDA only)")
     data_on_device: bool = param(True, help="on CUDA, keep in-memory datasets on the GPU as uint8 and augment "
                                             "there (no per-batch host→device copies)")

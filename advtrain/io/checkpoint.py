@@ -46,9 +46,9 @@ __all__ = ["FORMAT_VERSION", "Checkpoint", "RunState", "TrainingState", "check_m
 #: Recipe keys that may change between a checkpoint and a resumed run.
 RESUMABLE_KEYS = ("name", "device", "output", "eval", "runtime", "log")
 #: Keys inside other sections that only choose how the same thing is computed (compilation, the
-#: fused optimizer update): they may change on resume, and a stored recipe without them (an
-#: earlier advtrain's) resumes as well.
-RUNTIME_KEY_PATHS = ("train.compile", "train.compile_mode", "optim.fused")
+#: fused optimizer update, the attack's BatchNorm-folded view): they may change on resume, and a
+#: stored recipe without them (an earlier advtrain's) resumes as well.
+RUNTIME_KEY_PATHS = ("train.compile", "train.compile_mode", "train.fold_bn", "optim.fused")
 #: Optimizer settings that pick torch's implementation of the same update, not the update itself.
 IMPLEMENTATION_SETTINGS = ("fused", "foreach")
 #: The most entries a stored coreset may declare (read before the data is known: 800 MB of int64).

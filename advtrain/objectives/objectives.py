@@ -46,11 +46,13 @@ class CleanObjective:
     attack_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: Why the keys it does not use have no effect (worded into the validation message).
     ignores_because: ClassVar[str] = ""
+    #: Its attack takes the model as a function only, so it may run on an eval-mode view (``train.fold_bn``).
+    attack_on_view: ClassVar[bool] = False
 
     def __init__(self, params: Any = None, *, attack: BoundAttack | None = None) -> None:
         self.params = params
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossOutput:
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, attack_model: nn.Module | None = None) -> LossOutput:
         logits = model(x)
         return LossOutput(cross_entropy(logits, y), logits)
 
@@ -69,6 +71,7 @@ class AdversarialObjective(CleanObjective):
     """CE at the attack's point: Madry PGD-AT with ``pgd``, Fast-AT with ``fgsm`` (paper Eq. 3)."""
 
     attacks: ClassVar[tuple[str, ...]] = ("pgd", "fgsm")
+    attack_on_view: ClassVar[bool] = True
 
     def __init__(self, params: Any = None, *, attack: BoundAttack | None = None) -> None:
         if attack is None:
@@ -80,8 +83,8 @@ class AdversarialObjective(CleanObjective):
     def attack_params(self) -> Any:
         return self.attack.params
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossOutput:
-        x_adv = self.attack(attack_view(model), x, y)
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, attack_model: nn.Module | None = None) -> LossOutput:
+        x_adv = self.attack(attack_view(model) if attack_model is None else attack_model, x, y)
         logits = model(x_adv)
         return LossOutput(cross_entropy(logits, y), logits)
 
@@ -113,6 +116,7 @@ class TradesObjective:
     attack_keys: ClassVar[Mapping[str, tuple[str, ...]]] = {
         "pgd": tuple(f.name for f in dataclasses.fields(TradesKLParams))}
     ignores_because: ClassVar[str] = "TRADES starts from x + 0.001·N(0, I) and runs one KL ascent"
+    attack_on_view: ClassVar[bool] = True
 
     def __init__(self, params: TradesParams, *, attack: BoundAttack | None = None) -> None:
         if attack is None:
@@ -124,8 +128,8 @@ class TradesObjective:
     def attack_params(self) -> TradesKLParams:
         return self.attack.params
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossOutput:
-        x_adv = self.attack(attack_view(model), x, y)
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, *, attack_model: nn.Module | None = None) -> LossOutput:
+        x_adv = self.attack(attack_view(model) if attack_model is None else attack_model, x, y)
         clean_logits = model(x)
         adv_logits = model(x_adv)
         losses = cross_entropy(clean_logits, y) + self.params.beta * kl_per_sample(clean_logits, adv_logits)

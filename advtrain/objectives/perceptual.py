@@ -11,3 +11,5 @@ class PerceptualObjective(AdversarialObjective):
     """Perceptual adversarial training; selection features are taken at the Fast-LPA points."""
 
     attacks: ClassVar[tuple[str, ...]] = ("fast_lpa",)
+    #: Fast-LPA with ``lpips: self`` measures distances with the model's own stages: it needs the model itself.
+    attack_on_view: ClassVar[bool] = False

@@ -39,8 +39,8 @@ __all__ = ["compare_runs", "epoch_seconds", "ideal_speedup", "load_run", "load_r
 
 #: Keys that may differ between runs that are compared (seed groups ignore them too).
 IGNORED_KEYS = ("seed", "name", "device", "precision", "output.", "eval.", "train.log_every",
-                "train.compile", "train.compile_mode", "optim.fused", "train.channels_last", "train.data_on_device",
-                "data.num_workers")
+                "train.compile", "train.compile_mode", "train.fold_bn", "optim.fused", "train.channels_last",
+                "train.data_on_device", "data.num_workers")
 #: The training attack's threat model (metric and bound, from its params' ``threat()``), compared as one key.
 THREAT_KEY = "attack threat model"
 #: Keys that must agree: what is trained on, which network, which threat model.

@@ -38,12 +38,14 @@ def gradient_features(
     bias_only: bool = False,
     indices: Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    attack_model: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor, SelectionTiming]:
     """Per-sample last-layer gradients at the objective's adversarial points.
 
     Returns ``(features (n, D) on device, labels (n,), timing)`` with rows in the order of
     ``indices`` (default: every sample of ``source``). ``progress(done, total)`` is called after
-    each batch; it may raise to stop the pass between batches (a stop request).
+    each batch; it may raise to stop the pass between batches (a stop request). ``attack_model``:
+    what the attack runs on instead of ``model`` (an eval-mode view of it, ``train.fold_bn``).
     """
     from advtrain.data import iterate_batches
 
@@ -58,7 +60,7 @@ def gradient_features(
         for done, (x, y, _) in enumerate(batches, 1):
             t0 = time.perf_counter()
             with autocast(device, amp_dtype):
-                points = objective.selection_points(model, x, y)
+                points = objective.selection_points(model if attack_model is None else attack_model, x, y)
             _sync(device)
             t1 = time.perf_counter()
             with autocast(device, amp_dtype):

@@ -23,8 +23,8 @@ SelectionProgress = Callable[[str, int, int], None]
 
 def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: Any, *, seed: int, epoch: int,
                    device: torch.device, amp_dtype: torch.dtype | None = None,
-                   ctx: DistContext | None = None,
-                   progress: SelectionProgress | None = None) -> tuple[Coreset, SelectionTiming]:
+                   ctx: DistContext | None = None, progress: SelectionProgress | None = None,
+                   attack_model: nn.Module | None = None) -> tuple[Coreset, SelectionTiming]:
     """Build the adversarial points and gradient features of the whole training set and solve.
 
     The solver's randomness (batch partition, random fill) comes from ``(seed, epoch)`` so a
@@ -34,6 +34,7 @@ def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: A
 
     ``selector`` is the built :class:`Selector` (``advtrain.build``). ``progress`` reports the pass
     (:data:`SelectionProgress`); every rank calls it at the solver stage, after the gather.
+    ``attack_model``: what the attack runs on instead of ``model`` (``train.fold_bn``).
     """
     report = progress or (lambda stage, done, total: None)
     ctx = ctx or DistContext()
@@ -46,7 +47,7 @@ def select_coreset(model: nn.Module, objective: Any, selector: Selector, data: A
             model, objective, data.train, batch_size=data.batch_size, device=device, amp_dtype=amp_dtype,
             bias_only=selector.bias_only,
             indices=distributed.shard_range(ctx, len(data.train)) if ctx.enabled else None,
-            progress=lambda done, total: report("attack", done, total))
+            progress=lambda done, total: report("attack", done, total), attack_model=attack_model)
         feats, labels = distributed.gather_rows(ctx, feats), distributed.gather_rows(ctx, labels)
     report("solver", 0, 1)
     solve_start = time.perf_counter()

@@ -52,6 +52,7 @@ from advtrain.selection import Coreset
 from advtrain.train import overfit, stops
 from advtrain.train.budget import coreset_size_bounds
 from advtrain.train.compiled import CompiledModel, compile_message, mark_step_begin
+from advtrain.train.folded import AttackModel, setup_attack_model
 from advtrain.train.phase_clock import PhaseClock
 from advtrain.train.progress import EpochProgress
 from advtrain.train.step_monitor import FiniteState, StepMonitor, StepTotals, grads_finite
@@ -81,9 +82,9 @@ class Trainer:
     """Holds the built components of one run and where it stands; :meth:`fit` is the readable loop.
 
     Three kinds of attribute: the run's setting (recipe, device, precision, process group), its
-    built components (``parts``, with the model the step calls and the gradient scaler), and its
-    state: :attr:`state` (what a checkpoint saves), :attr:`metrics` (the lines of ``metrics.jsonl``)
-    and the phase the run is in.
+    built components (``parts``, with the model the step calls, the one its attacks run on and the
+    gradient scaler), and its state: :attr:`state` (what a checkpoint saves), :attr:`metrics` (the
+    lines of ``metrics.jsonl``) and the phase the run is in.
     """
 
     def __init__(self, recipe: Recipe, reporter: Reporter, *, device: str | None = None,
@@ -97,6 +98,7 @@ class Trainer:
         self.parts = build.build_run(recipe, self.device, initial_weights=not resuming)  # resume: the checkpoint's
         enable_cuda_autotuning(self.device)
         self.train_model = self._setup_train_model()
+        self.attack_model = self._setup_attack_model()
         # Only fp16 needs loss scaling; a disabled scaler passes every call through, so the step never branches.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.files = RunFiles(Path(recipe.output.dir), writes=self.dist.is_main)  # rank 0 alone writes
@@ -136,6 +138,16 @@ class Trainer:
         self.reporter.message(message)
         return CompiledModel(train_model, lambda text: self.reporter.message(text, style="yellow"),
                              mode=train.compile_mode)
+
+    def _setup_attack_model(self) -> AttackModel:
+        """What the training and selection attacks run on: the model or its folded view (``train.fold_bn``)."""
+        attack_model = setup_attack_model(self.model, self.objective, self.recipe.train.fold_bn, self.device,
+                                          compile_setting=self.recipe.train.compile,
+                                          image_shape=self.data.image_shape,
+                                          on_compile_fallback=lambda text: self.reporter.message(text, style="yellow"))
+        if attack_model.message is not None:
+            self.reporter.message(attack_model.message, style="yellow" if attack_model.fell_back else None)
+        return attack_model
 
     # ------------------------------------------------------------------ loop
     def fit(self, folder: RunFolder | None, *, resume: Path | None = None, force: bool = False) -> RunResult:
@@ -357,8 +369,9 @@ class Trainer:
         for group, base in zip(self.optimizer.param_groups, self.parts.base_lrs, strict=True):
             group["lr"] = base * factor
         try:
+            attack_model = self.attack_model.refreshed()  # the live weights of this step
             with autocast(self.device, self.amp_dtype):
-                out = self.objective.loss(self.train_model, x, y)
+                out = self.objective.loss(self.train_model, x, y, attack_model=attack_model)
             batch_weights = None if weights_dev is None else weights_dev[idx.to(self.device, non_blocking=True)]
             loss, loss_value, correct, count, stop = self._step_loss(out.losses.float(), out.logits, y, batch_weights)
             self.optimizer.zero_grad(set_to_none=True)
@@ -452,7 +465,8 @@ class Trainer:
             coreset, timing = select_coreset(self.model, self.parts.selection_objective, self.parts.selector, self.data,
                                              seed=self.recipe.seed, epoch=epoch, device=self.device,
                                              amp_dtype=self.amp_dtype, ctx=self.dist,
-                                             progress=self._selection_progress(epoch))
+                                             progress=self._selection_progress(epoch),
+                                             attack_model=self.attack_model.refreshed())
         self.state.coreset = coreset
         with clock.phase("save") if clock is not None else nullcontext():
             self.files.write_coreset(epoch, indices=coreset.indices, weights=coreset.weights, labels=coreset.labels)

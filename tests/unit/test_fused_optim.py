@@ -113,11 +113,13 @@ def test_fused_and_unfused_checkpoints_fit_each_other(tmp_path):
 def test_a_stored_recipe_without_the_runtime_keys_or_with_other_values_resumes(tiny_recipe):
     from advtrain.config.load import load_recipe
 
-    new = load_recipe(str(tiny_recipe), ["optim.fused=true", "train.compile_mode=reduce-overhead"]).resolved
+    new = load_recipe(str(tiny_recipe), ["optim.fused=true", "train.compile_mode=reduce-overhead",
+                                         "train.fold_bn=true"]).resolved
     old = {**new, "optim": {k: v for k, v in new["optim"].items() if k != "fused"},
-           "train": {k: v for k, v in new["train"].items() if k not in ("compile_mode", "compile")}}
+           "train": {k: v for k, v in new["train"].items() if k not in ("compile_mode", "compile", "fold_bn")}}
     assert ckpt_io.recipe_differences(old, new) == []
-    other = {**new, "optim": {**new["optim"], "fused": False, "lr": 0.5}}
+    other = {**new, "optim": {**new["optim"], "fused": False, "lr": 0.5},
+             "train": {**new["train"], "fold_bn": False, "compile": False}}
     assert ckpt_io.recipe_differences(other, new) == ["optim.lr: checkpoint 0.5 vs recipe 0.05"]
 
 

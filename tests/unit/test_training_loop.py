@@ -243,10 +243,11 @@ def _trainer(tiny_recipe, tmp_path, *overrides):
     return Trainer(load_recipe(str(tiny_recipe), [f"output.dir={tmp_path / 'run'}", *overrides]), SilentReporter())
 
 
-def test_trainer_holds_at_most_15_attributes(tiny_recipe, tmp_path):
-    """Setting, components, state: the run state lives in one RunState, not in a dozen attributes (was 31)."""
+def test_trainer_holds_at_most_16_attributes(tiny_recipe, tmp_path):
+    """Setting, components, state: the run state lives in one RunState, not in a dozen attributes (was 31;
+    16 since the model the attacks run on, train.fold_bn, is a component of its own)."""
     trainer = _trainer(tiny_recipe, tmp_path)
-    assert len(vars(trainer)) <= 15, sorted(vars(trainer))
+    assert len(vars(trainer)) <= 16, sorted(vars(trainer))
     assert not trainer.scaler.is_enabled()  # fp32: the step calls a pass-through scaler, never branches on it
 
 
