@@ -37,7 +37,8 @@
 #   5. $OUT holds session.log, gpu_quick.tar, gpu_quick_<device>.md, campaign_GRID.tar/.md/.png and
 #      campaign_logs.tar: 7 files of the 8 that come back (counted at the end).
 # Knobs: SESSION_THROUGHPUT_ARGS / SESSION_PEER_ARGS / SESSION_CRAIG_ARGS replace a step's arguments;
-# SESSION_CAMPAIGN_ARGS adds to campaign.py run's; CIFAR_JPEG names the JPEG copy (local/gpu/...).
+# SESSION_CAMPAIGN_ARGS adds to campaign.py run's; SESSION_CAMPAIGN_RESULTS / SESSION_CAMPAIGN_RUNS / SESSION_QUICK_DIR
+# move its records, run folders and quick-check folder; CIFAR_JPEG names the JPEG copy (local/gpu/...).
 set -u
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -49,6 +50,7 @@ dev=${device%%:*}
 out=${OUT:-local/session/out}
 quick=${SESSION_QUICK_DIR:-local/session/quick}
 campaign_results=${SESSION_CAMPAIGN_RESULTS:-bench/results/campaign}
+runs=${SESSION_CAMPAIGN_RUNS:-local/campaign}
 py=${PYTHON:-python3}
 mkdir -p "$out"
 rm -rf "$quick" && mkdir -p "$quick"
@@ -102,9 +104,9 @@ quick_end=$((SECONDS + ${SESSION_QUICK_S:-160}))
 quick_left() { local q=$((quick_end - SECONDS)); local a; a=$(left); [ "$a" -lt "$q" ] && q=$a; echo "$q"; }
 cap() { local q; q=$(quick_left); [ "$q" -lt "$1" ] && echo "$q" || echo "$1"; }
 if [ "${SESSION_TINY:-0}" = 1 ]; then
-    t_args="--device $device --models resnet_tiny_cifar --batch-size 32 --steps 2 --repeats 1 --objectives pgd10,trades10
+    t_args="--device $device --models resnet_tiny_cifar --batch-size 16 --steps 2 --repeats 1 --objectives pgd10,trades10
             --compile off --variants levers --variant-objectives pgd10 --profile --profile-steps 2"
-    p_args="--device $device --model resnet_tiny_cifar --batch-size 32 --steps 2 --repeats 1 --workers 0
+    p_args="--device $device --model resnet_tiny_cifar --batch-size 16 --steps 2 --repeats 1 --workers 0
             --loops ${SESSION_PEER_LOOPS:-bf16,plain}"
     c_args="--craig --device $device --n 2000"
 else
@@ -152,12 +154,11 @@ else
         # SESSION_TOTAL_S when it happens (540 + 70 - 30 reserve = 580 s, inside timeout_s 600)
         # shellcheck disable=SC2086
         STEP_CAP=0 step campaign $((budget + 70)) $py bench/campaign.py run "$grid" --device "$device" --budget-s "$budget" \
-            --results "$campaign_results" "${jpeg_arg[@]}" --tar "$out/campaign_$grid.tar" \
+            --results "$campaign_results" --runs "$runs" "${jpeg_arg[@]}" --tar "$out/campaign_$grid.tar" \
             ${SESSION_CAMPAIGN_ARGS:-} || rc=$?
     fi
 fi
 timeout 20 $py bench/campaign.py aggregate "$grid" --results "$campaign_results" --out "$out" 2>&1 | tee -a "$log"
-runs=local/campaign
 (cd "$runs" 2>/dev/null && tar -cf - "$grid"/*.log 2>/dev/null) > "$out/campaign_logs.tar"
 bundle
 

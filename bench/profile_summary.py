@@ -43,6 +43,8 @@ GROUP_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 def classify(name: str, context: Sequence[str] = ()) -> str:
     """The group of a kernel or operator ``name``; ``context`` (its launching operators, innermost
     first) decides when the name itself says nothing (a kernel of a compiled graph, say)."""
+    if name.startswith("triton_"):  # inductor's fused kernels list every op they fused: only batchnorm stands out
+        return "batchnorm" if "batch_norm" in name else "pointwise/reduction"
     for text in (name, *context):
         low = text.lower()
         for group, needles in GROUP_RULES:
@@ -218,7 +220,7 @@ def markdown(summary: dict[str, Any], title: str) -> list[str]:
     if s.get("note"):
         lines[-1] += f" Note: {s['note']}."
     unit = "device" if s.get("device_busy_ms") is not None else "CPU"
-    lines += ["", f"| group | ms | % of wall |", "|---|---|---|"]
+    lines += ["", "| group | ms | % of wall |", "|---|---|---|"]
     lines += [f"| {g['group']} | {g['ms']:.1f} | {100 * g['share_of_wall']:.1f} |" for g in s["groups"]]
     lines += ["", f"Top operators by self {unit} time:", "",
               f"| operator | calls | self {unit} ms | share | group |", "|---|---|---|---|---|"]
