@@ -240,3 +240,31 @@ def test_summary_sets_each_figure_against_its_target(tmp_path):
     assert f"| {100 * share:.1f}% | ≤ 3% | missed |" in sel
     assert any("lever variants refused" in k and "fused" in v for k, v in table.items())
     assert "Steps: smoke rc=0 40s" in lines
+
+
+def test_records_from_a_cuda_profile_attach_each_kernel_to_its_launching_operator():
+    """The CUDA side of the reader, on an event list shaped as torch's (no GPU needed)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def span(start, end):
+        return SimpleNamespace(start=start, end=end)
+
+    conv = SimpleNamespace(name="aten::cudnn_convolution", device_type=DeviceType.CPU, cpu_parent=None,
+                           kernels=[SimpleNamespace(name="kernel_a", duration=40.0)])
+    conv.cpu_parent = SimpleNamespace(name="aten::convolution", cpu_parent=None)
+    events = [conv, SimpleNamespace(name="kernel_a", device_type=DeviceType.CUDA, time_range=span(10.0, 50.0)),
+              SimpleNamespace(name="Memcpy DtoD", device_type=DeviceType.CUDA, time_range=span(60.0, 65.0))]
+    averages = [SimpleNamespace(key="aten::cudnn_convolution", count=1, self_cpu_time_total=7.0,
+                                self_device_time_total=40.0, device_type=DeviceType.CPU),
+                SimpleNamespace(key="kernel_a", count=1, self_cpu_time_total=0.0, self_device_time_total=40.0,
+                                device_type=DeviceType.CUDA)]
+    prof = SimpleNamespace(key_averages=lambda: averages, events=lambda: events)
+    ops, kernels = ps.records_from_profiler(prof)
+    assert ops == [ps.OpRecord("aten::cudnn_convolution", 1, 7.0, 40.0)]
+    assert kernels == [ps.KernelRecord("kernel_a", 40.0, 10.0, ("aten::cudnn_convolution", "aten::convolution")),
+                       ps.KernelRecord("Memcpy DtoD", 5.0, 60.0, ())]
+    s = ps.summarise(ops, kernels, device="cuda", wall_us=100.0, steps=1, images=2)
+    assert {g["group"]: g["ms"] for g in s.groups} == pytest.approx(
+        {"convolution": 0.04, "copy/cast": 0.005, "device idle (launch gaps, host work, syncs)": 0.055}, rel=1e-12)
