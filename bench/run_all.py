@@ -46,7 +46,7 @@ class Bench:
 
 
 BENCHES = [
-    Bench("throughput.py", ("throughput_*",), STEP, quick=()),
+    Bench("throughput.py", ("throughput_*",), (*STEP, "bench/profile_summary.py"), quick=()),
     Bench("peer_baseline.py", ("peer_baseline_*",), (*STEP, "bench/throughput.py"), quick=()),
     Bench("solvers.py", ("solvers_*",), ("advtrain/selection",), quick=()),
     Bench("coreset_compare.py", ("coreset_compare_*",), PIPELINE,
@@ -75,6 +75,10 @@ BENCHES = [
     # The GPU check (bench/gpu_check.sh, one H100/H200): its summary and logs.
     Bench("gpu_check.sh", ("gpu_check_*",), (*PIPELINE, "bench/gpu_summary.py", "bench/throughput.py",
                                              "bench/peer_baseline.py", "bench/acs_short.py")),
+    # One GPU session's device call: smoke, the quick check (its targets table), then a campaign slice.
+    Bench("device_session.sh", ("gpu_quick_*",), (*STEP, "bench/gpu_quick.py", "bench/throughput.py",
+                                                  "bench/profile_summary.py", "bench/peer_baseline.py",
+                                                  "bench/solvers.py", "advtrain/selection")),
     Bench("campaign.py", ("campaign*",), (*PIPELINE, "bench/tradeoff.py", "bench/campaign_grid.py",
                                           "bench/campaign_report.py", "bench/campaign_stats.py",
                                           "bench/campaign_slice.sh")),

@@ -37,7 +37,7 @@ import sys
 import time
 
 import torch
-from _common import command_line, machine, write_result
+from _common import add_results_arg, command_line, machine, write_result
 
 from advtrain.selection import SELECTORS
 from advtrain.selection.selectors import CraigParams, GradMatchParams
@@ -312,6 +312,7 @@ def main() -> None:
                              "--dims; adds a run to solvers_<device>, keeping the earlier rows")
     parser.add_argument("--dims", default="10", help="with --craig: comma-separated feature dimensions")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
+    add_results_arg(parser)  # the default run and --craig: read and extend <out>/solvers_<device>.json
     args = parser.parse_args()
     if args.cell:
         kind, solver, k, dim, features, n = args.cell.split(",")
@@ -331,7 +332,7 @@ def main() -> None:
         write_result("solvers_scale_cpu", {"runs": runs}, scale_report(runs))
         return
     result = f"solvers_{args.device.split(':')[0]}"
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{result}.json")
+    path = os.path.join(args.results, f"{result}.json")
     record: dict = {}
     if os.path.exists(path):
         with open(path) as f:
@@ -339,7 +340,7 @@ def main() -> None:
     if args.craig:
         rows = craig_greedy_rows(args.n, [int(d) for d in args.dims.split(",")], args.device, args.repeats)
         record.setdefault("craig_greedy", []).append({"machine": machine(), "command": command_line(), "rows": rows})
-        write_result(result, record, _solvers_report(record))
+        write_result(result, record, _solvers_report(record), args.results)
         return
     rows = []
     for n, d, granularity, per_class, big in CELLS:
@@ -353,7 +354,7 @@ def main() -> None:
             rows.append(cell)
             print(cell, flush=True)
     record.update({"machine": machine(), "command": command_line(), "rows": rows})
-    write_result(result, record, _solvers_report(record))
+    write_result(result, record, _solvers_report(record), args.results)
 
 
 if __name__ == "__main__":
