@@ -160,11 +160,11 @@ def test_cuda_oom_suggests_a_smaller_batch_and_keeps_the_checkpoint(tmp_path, ti
     trainer = Trainer(recipe, SilentReporter())
     real_loss, calls = trainer.objective.loss, []
 
-    def loss_then_oom(model, x, y):
+    def loss_then_oom(model, x, y, **kwargs):
         calls.append(1)
         if len(calls) > 2:  # epoch 1 trains (2 steps), epoch 2 runs out of memory
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_loss(model, x, y)
+        return real_loss(model, x, y, **kwargs)
 
     monkeypatch.setattr(trainer.objective, "loss", loss_then_oom)
     with pytest.raises(UserError, match="smaller data.batch_size") as info, \

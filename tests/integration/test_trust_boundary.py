@@ -114,6 +114,7 @@ def test_signal_during_eval_exits_130_with_eval_wording(cli, tiny_recipe, tmp_pa
     assert not (tmp_path / "evaluated/report.json").exists()
 
 
+@pytest.mark.slow  # a 2,000-image PGD-50 evaluation to interrupt, ~14 s: run by .ci/run
 def test_sigterm_during_the_final_test_evaluation_then_resume_finishes(tmp_path, tiny_recipe):
     slow_test = ["data.n_test=2000", "data.val_fraction=0.05", "eval.n_examples=2000", "eval.batch_size=16",
                  "eval.attacks=[pgd50]", "schedule.epochs=1", "train.max_steps_per_epoch=1"]
@@ -378,6 +379,7 @@ def _kill_chain(tmp_path: Path, recipe: Path, epochs: int, after: list[int], see
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(epochs))
 
 
+@pytest.mark.slow  # four processes, ~15 s: .ci/run runs it beside the long chains
 def test_a_chain_of_kills_resumes_to_bit_identical_weights(tmp_path, tiny_recipe):
     _kill_chain(tmp_path, tiny_recipe, epochs=3, after=[1, 2], seed=0)
 
