@@ -46,6 +46,8 @@ class Bench:
 
 
 BENCHES = [
+    # Before/after tables of throughput.py runs made by hand at two commits (see bench/README.md).
+    Bench("throughput_ab.py", ("throughput_*_ab",), (*STEP, "bench/throughput.py")),
     Bench("throughput.py", ("throughput_*",), (*STEP, "bench/profile_summary.py"), quick=()),
     Bench("peer_baseline.py", ("peer_baseline_*",), (*STEP, "bench/throughput.py"), quick=()),
     Bench("solvers.py", ("solvers_*",), ("advtrain/selection",), quick=()),

@@ -268,3 +268,53 @@ def test_records_from_a_cuda_profile_attach_each_kernel_to_its_launching_operato
     s = ps.summarise(ops, kernels, device="cuda", wall_us=100.0, steps=1, images=2)
     assert {g["group"]: g["ms"] for g in s.groups} == pytest.approx(
         {"convolution": 0.04, "copy/cast": 0.005, "device idle (launch gaps, host work, syncs)": 0.055}, rel=1e-12)
+
+
+# ---------------------------------------------------------------- before / after
+
+
+def _throughput_file(path: Path, commit: str, rows: list[dict]) -> Path:
+    path.write_text(json.dumps({"command": f"python bench/throughput.py --name {path.stem}",
+                                "git": {"commit": commit}, "rows": rows}))
+    return path
+
+
+def _row(objective: str, img_per_s: float, seconds: list[float], images: int = 64, **extra) -> dict:
+    return {"model": "m", "objective": objective, "compile": False, "variant": "baseline", "status": "ok",
+            "images": images, "img_per_s": img_per_s, "median_seconds": sorted(seconds)[len(seconds) // 2],
+            "all_seconds": seconds, **extra}
+
+
+def test_before_after_pairs_the_common_rows_with_medians_ranges_and_best_passes(tmp_path):
+    import throughput_ab
+
+    before = [_throughput_file(tmp_path / f"b{i}.json", "aaa", [_row("pgd10", v, [64 / v, 0.8]),
+                                                                  _row("clean", 900.0, [0.1])])
+              for i, v in enumerate((100.0, 110.0, 90.0))]
+    after = [_throughput_file(tmp_path / f"a{i}.json", "bbb",
+                              [_row("pgd10", v, [64 / v, 64 / 160]), _row("fgsm", 300.0, [0.2]),
+                               _row("clean", 0.0, [1.0], status="skipped")])
+             for i, v in enumerate((120.0, 80.0))]
+    rows, sources = throughput_ab.compare(before, after)
+    assert [r["objective"] for r in rows] == ["pgd10"]  # clean skipped after, fgsm never before
+    (row,) = rows
+    assert row["before"] == pytest.approx(100.0) and row["after"] == pytest.approx(100.0)
+    assert row["before_range"] == pytest.approx([90.0, 110.0]) and row["after_range"] == pytest.approx([80.0, 120.0])
+    assert row["best_before"] == pytest.approx(110.0) and row["best_after"] == pytest.approx(160.0)
+    assert row["best_ratio"] == pytest.approx(160 / 110) and row["files"] == [3, 2]
+    assert {s["git"] for s in sources["before"]} == {"aaa"} and len(sources["after"]) == 2
+
+
+def test_before_after_writes_one_command_without_the_run_names(tmp_path):
+    import subprocess
+
+    _throughput_file(tmp_path / "tp_b.json", "aaa", [_row("pgd10", 100.0, [0.64])])
+    _throughput_file(tmp_path / "tp_a.json", "bbb", [_row("pgd10", 50.0, [1.28])])
+    done = subprocess.run([sys.executable, str(ROOT / "bench/throughput_ab.py"), "--before", "tp_b.json", "--after",
+                           "tp_a.json", "--out", str(tmp_path), "--name", "ab"], cwd=tmp_path, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "ab.md").read_text()
+    assert "Before: aaa; after: bbb" in text and "Each run: `python bench/throughput.py` (with" in text
+    assert "--name tp_" not in text
+    assert "| m | pgd10 | False | baseline | 100.0 |" in text and "| 0.500 |" in text
