@@ -30,24 +30,31 @@ def test_source_on_device_loads_the_same_batches():
     assert torch.equal(source.to_device("cuda").load(idx, "cuda").cpu(), source.load(idx))
 
 
+def _cuda_recipe(tmp_path, objective: str, *, name: str = "graphs", precision: str = "fp32", augment: str = "none",
+                 attack_steps: int = 3, **train):
+    """A validated one-epoch CUDA recipe: small_cnn on 64 synthetic 8×8 images, PGD, full data."""
+    from advtrain.config.validate import validate
+
+    return validate({
+        "name": name, "device": "cuda", "precision": precision,
+        "data": {"name": "synthetic", "n_train": 64, "n_test": 8, "num_classes": 4, "image_size": 8, "channels": 3,
+                 "batch_size": 16, "val_fraction": 0.0, "augment": augment},
+        "model": {"name": "small_cnn"}, "objective": {"name": objective},
+        "attack": {"name": "pgd", "eps": "8/255", "alpha": "2/255", "steps": attack_steps},
+        "selector": {"name": "full"}, "schedule": {"epochs": 1}, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "train": train, "eval": {"attacks": ["clean"], "n_examples": 8}, "output": {"dir": str(tmp_path / "run")}})
+
+
 @pytest.mark.parametrize("objective", ["adversarial", "trades"])
 def test_training_steps_make_no_host_sync(tmp_path, objective):
     """Between two statistics reads the hot loop never waits for the GPU (CUDA's sync debug mode errors)."""
-    from advtrain.config.validate import validate
     from advtrain.data import iterate_batches
     from advtrain.runtime.seeding import generator
     from advtrain.train.loop import Trainer
     from advtrain.train.step_monitor import StepMonitor
     from advtrain.ui.console import SilentReporter
 
-    recipe = validate({
-        "name": "sync", "device": "cuda", "precision": "bf16",
-        "data": {"name": "synthetic", "n_train": 64, "n_test": 8, "num_classes": 4, "image_size": 8, "channels": 3,
-                 "batch_size": 16, "val_fraction": 0.0, "augment": "crop_flip"},
-        "model": {"name": "small_cnn"}, "objective": {"name": objective},
-        "attack": {"name": "pgd", "eps": "8/255", "alpha": "2/255", "steps": 2}, "selector": {"name": "full"},
-        "schedule": {"epochs": 1}, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "eval": {"attacks": ["clean"], "n_examples": 8}, "output": {"dir": str(tmp_path / "run")}})
+    recipe = _cuda_recipe(tmp_path, objective, name="sync", precision="bf16", augment="crop_flip", attack_steps=2)
     trainer = Trainer(recipe, SilentReporter())
     trainer.train_epoch(0, "full")  # warm-up: allocator, cuDNN autotuning
     weights = torch.rand(64, device="cuda")
@@ -77,19 +84,6 @@ def test_eval_on_cuda_with_autoattack_stages(cli, tiny_recipe, tmp_path):
     assert set(report["robust_acc"]) >= {"pgd10", "aa"} and report["eps_source"]
 
 
-def _graph_recipe(tmp_path, objective: str, **train):
-    from advtrain.config.validate import validate
-
-    return validate({
-        "name": "graphs", "device": "cuda", "precision": "fp32",
-        "data": {"name": "synthetic", "n_train": 64, "n_test": 8, "num_classes": 4, "image_size": 8, "channels": 3,
-                 "batch_size": 16, "val_fraction": 0.0, "augment": "none"},
-        "model": {"name": "small_cnn"}, "objective": {"name": objective},
-        "attack": {"name": "pgd", "eps": "8/255", "alpha": "2/255", "steps": 3}, "selector": {"name": "full"},
-        "schedule": {"epochs": 1}, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "train": train, "eval": {"attacks": ["clean"], "n_examples": 8}, "output": {"dir": str(tmp_path / "run")}})
-
-
 @pytest.mark.parametrize("objective", ["adversarial", "trades"])
 def test_cuda_graphs_and_the_fused_update_train_like_eager(tmp_path, objective):
     """train.compile_mode=reduce-overhead (the attack's forward + autograd.grad per step, TRADES's two
@@ -100,7 +94,7 @@ def test_cuda_graphs_and_the_fused_update_train_like_eager(tmp_path, objective):
     losses = {}
     for name, train in (("eager", {"compile": False, "log_every": 100}),
                         ("graphs", {"compile": True, "compile_mode": "reduce-overhead", "log_every": 100})):
-        trainer = Trainer(_graph_recipe(tmp_path / name, objective, **train), SilentReporter())
+        trainer = Trainer(_cuda_recipe(tmp_path / name, objective, **train), SilentReporter())
         assert trainer.optimizer.param_groups[0]["fused"] is True  # optim.fused=auto on CUDA
         losses[name] = []
         for epoch in range(3):
