@@ -30,6 +30,7 @@ from typing import Any
 
 from advtrain.attacks import section_threat
 from advtrain.errors import UserError
+from advtrain.io.checkpoint import RUNTIME_KEY_PATHS
 from advtrain.params import FractionError, parse_number
 from advtrain.reports.run import epoch_seconds, loop_seconds, split_line
 from advtrain.reports.run_records import DamagedRunError, RunRecord, load_run
@@ -37,10 +38,10 @@ from advtrain.reports.run_records import DamagedRunError, RunRecord, load_run
 __all__ = ["compare_runs", "epoch_seconds", "ideal_speedup", "load_run", "load_runs", "loop_seconds",
            "paired_difference", "relative_robust_error", "run_compare", "timing_warnings"]
 
-#: Keys that may differ between runs that are compared (seed groups ignore them too).
-IGNORED_KEYS = ("seed", "name", "device", "precision", "output.", "eval.", "train.log_every",
-                "train.compile", "train.compile_mode", "train.fold_bn", "optim.fused", "train.channels_last",
-                "train.data_on_device", "data.num_workers")
+#: Keys that may differ between runs that are compared (seed groups ignore them too): with the
+#: runtime choices a checkpoint may also resume across (compilation, fused update, folded attack view).
+IGNORED_KEYS = ("seed", "name", "device", "precision", "output.", "eval.", "train.log_every", *RUNTIME_KEY_PATHS,
+                "train.channels_last", "train.data_on_device", "data.num_workers")
 #: The training attack's threat model (metric and bound, from its params' ``threat()``), compared as one key.
 THREAT_KEY = "attack threat model"
 #: Keys that must agree: what is trained on, which network, which threat model.
